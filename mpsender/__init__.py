@@ -1,1 +1,65 @@
-"""mpsender."""
+"""mpsender: one sender process per host for the analytics events of every process.
+
+``track()`` appends a small msgpack record to this process's spool file and returns in
+microseconds; a sender process shared by the whole host batches, retries and uploads.
+"""
+
+from ._api import (
+    alias,
+    capture_error,
+    flush,
+    get_client,
+    group,
+    identify,
+    init,
+    page,
+    screen,
+    shutdown,
+    stats,
+    track,
+)
+from ._client import Client
+from ._exceptions import (
+    ConfigurationError,
+    EventTooLargeError,
+    EventTypeError,
+    InvalidEventError,
+    MpsenderError,
+    NotInitializedError,
+    UnserializableError,
+)
+from ._options import Options
+from ._stats import ProcessStats, SenderStats, Stats
+from ._version import __version__
+
+__all__ = [
+    "Client",
+    "ConfigurationError",
+    "EventTooLargeError",
+    "EventTypeError",
+    "InvalidEventError",
+    "MpsenderError",
+    "NotInitializedError",
+    "Options",
+    "ProcessStats",
+    "SenderStats",
+    "Stats",
+    "UnserializableError",
+    "__version__",
+    "alias",
+    "capture_error",
+    "flush",
+    "get_client",
+    "group",
+    "identify",
+    "init",
+    "page",
+    "screen",
+    "shutdown",
+    "stats",
+    "track",
+]
+
+import logging as _logging
+
+_logging.getLogger(__name__).addHandler(_logging.NullHandler())

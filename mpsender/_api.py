@@ -1,0 +1,164 @@
+"""Module-level functions: one Client per process, inherited by fork children."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import msgpack
+
+from ._client import Client
+from ._exceptions import NotInitializedError
+from ._options import Options, env_disabled, resolve_options
+from ._stats import Stats
+
+logger = logging.getLogger(__name__)
+
+#: set by init(): a 0600 file with the options, so spawn/forkserver children that never
+#: call init() themselves find the same sender
+CONFIG_ENV = "MPSENDER_CLIENT_CONFIG"
+
+_client: Client | None = None
+_lock = threading.Lock()
+
+
+def init(*, write_key: str | None = None, endpoint: str | None = None, **options: Any) -> Client:
+    """Configure this process (and its future children) to send through the host's sender.
+
+    Idempotent: a second call with the same options returns the same client. Correct in
+    a gunicorn master, in ``post_fork``, in Celery's ``worker_process_init``, at import
+    time or in a script: every process of the app ends up on ONE sender per host. The
+    first caller on the host starts the sender and waits up to ``start_timeout`` for it.
+    """
+    global _client
+    explicit = {"write_key": write_key, "endpoint": endpoint, **options}
+    if env_disabled():
+        explicit["disabled"] = True
+    opts = resolve_options(explicit)
+    with _lock:
+        current = _client
+        if current is not None and current.options == opts:
+            return current
+        client = Client.from_options(opts)
+        _client = client
+    if current is not None:
+        current.shutdown(timeout=0.0)
+    if not opts.disabled:
+        _publish(client)
+        client.start()
+    return client
+
+
+def _publish(client: Client) -> None:
+    path = client.paths.client_config
+    data = msgpack.packb(client.options.to_wire(), use_bin_type=True)
+    try:
+        fd = os.open(f"{path}.{os.getpid()}", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.replace(f"{path}.{os.getpid()}", path)
+    except OSError as exc:
+        logger.warning("cannot write %s (%s): spawned children must call init() themselves", path, exc)
+        return
+    os.environ[CONFIG_ENV] = str(path)
+
+
+def _auto_client() -> Client:
+    """The client for a process that never called init(): inherited config, or env."""
+    global _client
+    with _lock:
+        if _client is not None:
+            return _client
+        if env_disabled():
+            _client = Client.from_options(Options(disabled=True))
+            return _client
+        path = os.environ.get(CONFIG_ENV)
+        if path:
+            try:
+                with open(path, "rb") as fh:
+                    wire = msgpack.unpackb(fh.read())
+                _client = Client.from_options(Options(**wire))
+                return _client
+            except (OSError, ValueError, TypeError) as exc:
+                logger.warning("cannot read %s=%s (%s)", CONFIG_ENV, path, exc)
+        if os.environ.get("MPSENDER_WRITE_KEY") and os.environ.get("MPSENDER_ENDPOINT"):
+            _client = Client.from_options(resolve_options({}))
+            return _client
+    raise NotInitializedError(
+        "mpsender is not initialised: call mpsender.init(write_key=..., endpoint=...) "
+        "or set MPSENDER_WRITE_KEY and MPSENDER_ENDPOINT"
+    )
+
+
+def get_client() -> Client:
+    """The process's client (initialising it from the environment if needed)."""
+    return _client or _auto_client()
+
+
+def track(event: str, **kwargs: Any) -> None:
+    """Record an event; see :meth:`Client.track`. Returns in microseconds."""
+    (_client or _auto_client()).track(event, **kwargs)
+
+
+def identify(user_id: str | None = None, **kwargs: Any) -> None:
+    """See :meth:`Client.identify`."""
+    (_client or _auto_client()).identify(user_id, **kwargs)
+
+
+def group(group_id: str, **kwargs: Any) -> None:
+    """See :meth:`Client.group`."""
+    (_client or _auto_client()).group(group_id, **kwargs)
+
+
+def alias(previous_id: str, **kwargs: Any) -> None:
+    """See :meth:`Client.alias`."""
+    (_client or _auto_client()).alias(previous_id, **kwargs)
+
+
+def page(name: str | None = None, **kwargs: Any) -> None:
+    """See :meth:`Client.page`."""
+    (_client or _auto_client()).page(name, **kwargs)
+
+
+def screen(name: str | None = None, **kwargs: Any) -> None:
+    """See :meth:`Client.screen`."""
+    (_client or _auto_client()).screen(name, **kwargs)
+
+
+def capture_error(exc: BaseException, **kwargs: Any) -> None:
+    """See :meth:`Client.capture_error`."""
+    (_client or _auto_client()).capture_error(exc, **kwargs)
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """True once every event this process tracked before the call was accepted; False
+    when ``timeout`` passes first. Never hangs. True at once if nothing was tracked."""
+    client = _client
+    return True if client is None else client.flush(timeout)
+
+
+def shutdown(timeout: float = 5.0) -> bool:
+    """Flush, then close this process's file and connection. Idempotent."""
+    client = _client
+    return True if client is None else client.shutdown(timeout)
+
+
+def stats(timeout: float = 1.0) -> Stats:
+    """Counters of this process and of the sender (None if it does not answer)."""
+    return get_client().stats(timeout)
+
+
+def _reset_for_tests() -> None:
+    """Forget the process's client (tests only)."""
+    global _client
+    client, _client = _client, None
+    if client is not None and not client.options.disabled:
+        client._channel.close()
+    os.environ.pop(CONFIG_ENV, None)
+
+

@@ -1,0 +1,337 @@
+"""The Client: builds events in the calling process and hands them to the channel."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ._channel import Channel
+from ._events import (
+    error_properties,
+    explain_unpackable,
+    identity,
+    pack,
+    require_name,
+    to_timestamp,
+)
+from ._exceptions import EventTooLargeError, EventTypeError, InvalidEventError, MpsenderError
+from ._options import Options, resolve_options
+from ._paths import paths_for
+from ._stats import ProcessStats, SenderStats, Stats
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["Client"]
+
+_time = time.time
+_getpid = os.getpid
+
+#: short record keys -> the names a before_send hook sees (Segment's)
+_LONG = {
+    "t": "type", "m": "messageId", "ts": "timestamp", "u": "userId", "a": "anonymousId",
+    "e": "event", "n": "name", "cat": "category", "p": "properties", "tr": "traits",
+    "g": "groupId", "pv": "previousId", "c": "context", "i": "integrations",
+}
+_SHORT = {v: k for k, v in _LONG.items()}
+
+
+class Client:
+    """Sends events through the host's shared sender.
+
+    Build one directly in tests; applications usually call :func:`mpsender.init`, which
+    keeps one per process. Every method runs in the calling process and returns in
+    microseconds: events are appended to this process's spool file, and the sender
+    process uploads them.
+    """
+
+    def __init__(self, write_key: str | None = None, endpoint: str | None = None, **options: Any) -> None:
+        self._setup(resolve_options({"write_key": write_key, "endpoint": endpoint, **options}))
+
+    @classmethod
+    def from_options(cls, options: Options) -> Client:
+        client = cls.__new__(cls)
+        client._setup(options)
+        return client
+
+    def _setup(self, options: Options) -> None:
+        self.options = options
+        self._off = options.disabled
+        self._rejected = 0
+        self._tracked = 0
+        self._hook_dropped = 0
+        self._hook_failed = False
+        self._hook = options.before_send
+        self._max = options.max_message_bytes
+        self._props = dict(options.properties)
+        self._context = dict(options.context)
+        self._enrich = options.enrich
+        self._ids_lock = threading.Lock()
+        self._id_pid = -1
+        if self._off:
+            return
+        self.paths = paths_for(options)
+        self.paths.ensure()
+        self._channel = Channel(options, self.paths)
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self, wait: float | None = None) -> bool:
+        """Connect to the host's sender, starting it if none runs; wait up to ``wait``
+        seconds (default: the ``start_timeout`` option) for it to listen."""
+        if self._off:
+            return True
+        return self._channel.connect(wait=self.options.start_timeout if wait is None else wait)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """True once the endpoint has accepted (2xx) every event this process tracked
+        before the call, or the sender settled them for good (dropped events are counted
+        in ``stats()``). False when ``timeout`` passes first. Never hangs."""
+        if self._off:
+            return True
+        if not self._channel.file_marks() and not self._channel.fallback:
+            return True
+        return self._channel.flush(timeout)
+
+    def shutdown(self, timeout: float = 5.0) -> bool:
+        """Flush, then close this process's file and connection. Idempotent; a later
+        call to track() opens them again."""
+        if self._off:
+            return True
+        ok = self.flush(timeout)
+        self._channel.close()
+        return ok
+
+    close = shutdown
+
+    def stats(self, timeout: float = 1.0) -> Stats:
+        """This process's counters and, if it answers within ``timeout``, the sender's."""
+        if self._off:
+            return Stats(ProcessStats(_getpid(), 0, 0, 0, 0, 0, {}), None)
+        ch = self._channel
+        dropped = dict(ch.dropped)
+        if self._hook_dropped:
+            dropped["dropped_by_hook"] = self._hook_dropped
+        process = ProcessStats(
+            pid=_getpid(), tracked=self._tracked, handed_to_sender=ch.handed, spilled=ch.spilled,
+            sent_over_socket=ch.fallback, rejected=self._rejected, dropped=dropped,
+        )
+        raw = ch.sender_stats(timeout)
+        return Stats(process, SenderStats.from_wire(raw) if raw else None)
+
+    # --- calls -------------------------------------------------------------------------
+
+    def track(
+        self, event: str, *, user_id: str | None = None, anonymous_id: str | None = None,
+        properties: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None,
+        timestamp: Any = None, message_id: str | None = None,
+        integrations: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record that ``user_id`` (or ``anonymous_id``) did ``event``."""
+        if self._off:
+            return
+        if event.__class__ is not str or not event:
+            self._reject(require_name, event, "event")
+        rec: dict[str, Any] = {"t": "track", "e": event}
+        if properties is not None or self._props:
+            rec["p"] = self._merge(properties, self._props, "properties")
+        self._emit(rec, user_id, anonymous_id, context, timestamp, message_id, integrations)
+
+    def identify(
+        self, user_id: str | None = None, *, anonymous_id: str | None = None,
+        traits: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None,
+        timestamp: Any = None, message_id: str | None = None,
+        integrations: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Tie ``user_id`` to ``traits``."""
+        if self._off:
+            return
+        rec: dict[str, Any] = {"t": "identify"}
+        if traits is not None:
+            rec["tr"] = self._merge(traits, None, "traits")
+        self._emit(rec, user_id, anonymous_id, context, timestamp, message_id, integrations)
+
+    def group(
+        self, group_id: str, *, user_id: str | None = None, anonymous_id: str | None = None,
+        traits: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None,
+        timestamp: Any = None, message_id: str | None = None,
+        integrations: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Associate the user with ``group_id`` (an account, a company)."""
+        if self._off:
+            return
+        rec: dict[str, Any] = {"t": "group", "g": self._check(self._id_str, group_id, "group_id")}
+        if traits is not None:
+            rec["tr"] = self._merge(traits, None, "traits")
+        self._emit(rec, user_id, anonymous_id, context, timestamp, message_id, integrations)
+
+    def alias(
+        self, previous_id: str, *, user_id: str, context: Mapping[str, Any] | None = None,
+        timestamp: Any = None, message_id: str | None = None,
+        integrations: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Merge the identity ``previous_id`` into ``user_id``."""
+        if self._off:
+            return
+        rec: dict[str, Any] = {"t": "alias", "pv": self._check(self._id_str, previous_id, "previous_id")}
+        self._emit(rec, self._check(self._id_str, user_id, "user_id"), None, context, timestamp,
+                   message_id, integrations)
+
+    def page(
+        self, name: str | None = None, *, category: str | None = None, user_id: str | None = None,
+        anonymous_id: str | None = None, properties: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None, timestamp: Any = None,
+        message_id: str | None = None, integrations: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a page view."""
+        self._view("page", name, category, user_id, anonymous_id, properties, context,
+                   timestamp, message_id, integrations)
+
+    def screen(
+        self, name: str | None = None, *, category: str | None = None, user_id: str | None = None,
+        anonymous_id: str | None = None, properties: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None, timestamp: Any = None,
+        message_id: str | None = None, integrations: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Record a mobile screen view."""
+        self._view("screen", name, category, user_id, anonymous_id, properties, context,
+                   timestamp, message_id, integrations)
+
+    def capture_error(
+        self, exc: BaseException, *, user_id: str | None = None, anonymous_id: str | None = None,
+        properties: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Send a ``$error`` track event: type, message, a bounded stack and a stable
+        fingerprint (type + message shape + first in-app frame). Without a user the
+        event is attributed to ``anonymous_id="host:<hostname>"``."""
+        if self._off:
+            return
+        props = self._check(error_properties, exc)
+        if properties:
+            props.update(self._merge(properties, None, "properties"))
+        if user_id is None and anonymous_id is None:
+            anonymous_id = f"host:{socket.gethostname()}"
+        self.track("$error", user_id=user_id, anonymous_id=anonymous_id, properties=props, context=context)
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _view(self, kind: str, name: Any, category: Any, user_id: Any, anonymous_id: Any,
+              properties: Any, context: Any, timestamp: Any, message_id: Any, integrations: Any) -> None:
+        if self._off:
+            return
+        rec: dict[str, Any] = {"t": kind}
+        if name is not None:
+            rec["n"] = self._check(require_name, name, "name")
+        if category is not None:
+            rec["cat"] = self._check(require_name, category, "category")
+        if properties is not None or self._props:
+            rec["p"] = self._merge(properties, self._props, "properties")
+        self._emit(rec, user_id, anonymous_id, context, timestamp, message_id, integrations)
+
+    def _emit(self, rec: dict[str, Any], user_id: Any, anonymous_id: Any, context: Any,
+              timestamp: Any, message_id: Any, integrations: Any) -> None:
+        if user_id.__class__ is str and user_id and anonymous_id is None:
+            rec["u"] = user_id
+        else:
+            uid, aid = self._check(identity, user_id, anonymous_id)
+            if uid is not None:
+                rec["u"] = uid
+            if aid is not None:
+                rec["a"] = aid
+        if context is not None or self._context or self._enrich:
+            rec["c"] = self._merge(context, self._base_context(), "context")
+        if integrations is not None:
+            rec["i"] = self._merge(integrations, None, "integrations")
+        ch = self._channel
+        if ch.pid != _getpid():
+            ch._init_state()  # a fork child: new id prefix, new file, new connection
+        if message_id is None:
+            rec["m"] = ch.prefix + next(ch.seq).to_bytes(8, "big")
+        else:
+            rec["m"] = self._check(require_name, message_id, "message_id")
+        now = _time()
+        rec["ts"] = now if timestamp is None else self._check(to_timestamp, timestamp)
+        if self._hook is not None:
+            hooked = self._run_hook(rec)
+            if hooked is None:
+                return
+            rec = hooked
+        try:
+            payload = pack(rec)
+        except (TypeError, ValueError, OverflowError) as exc:
+            self._rejected += 1
+            raise explain_unpackable(rec, exc) from None
+        if len(payload) > self._max:
+            self._rejected += 1
+            raise EventTooLargeError(len(payload), self._max)
+        self._tracked += 1
+        ch.write(payload, now)
+
+    def _check(self, fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except MpsenderError:
+            self._rejected += 1
+            raise
+
+    def _reject(self, fn: Any, *args: Any) -> None:
+        self._check(fn, *args)
+
+    @staticmethod
+    def _id_str(value: Any, what: str) -> str:
+        if value is None:
+            raise InvalidEventError(f"{what} is required")
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise EventTypeError(f"{what} must be a str or int, not {type(value).__qualname__}")
+        text = str(value)
+        if not text:
+            raise InvalidEventError(f"{what} must not be empty")
+        return text
+
+    def _merge(self, given: Any, base: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+        if given is None:
+            return dict(base) if base else {}
+        if given.__class__ is not dict:
+            if not isinstance(given, Mapping):
+                self._rejected += 1
+                raise EventTypeError(f"{what} must be a dict, not {type(given).__qualname__}")
+            given = dict(given)
+        return {**base, **given} if base else given  # type: ignore[no-any-return]
+
+    def _base_context(self) -> dict[str, Any]:
+        if not self._enrich:
+            return self._context
+        from ._enrich import enrichment  # only when the option is on
+
+        return {**enrichment(), **self._context}
+
+    def _run_hook(self, rec: dict[str, Any]) -> dict[str, Any] | None:
+        event = {_LONG[k]: v for k, v in rec.items()}
+        mid = event.get("messageId")
+        if isinstance(mid, bytes):
+            import uuid
+
+            event["messageId"] = str(uuid.UUID(bytes=mid))
+        assert self._hook is not None
+        try:
+            result = self._hook(event)
+        except Exception:  # noqa: BLE001 - a buggy hook must not lose the event
+            if not self._hook_failed:
+                self._hook_failed = True
+                logger.exception("before_send raised; sending the event unchanged (logged once)")
+            return rec
+        if result is None:
+            self._hook_dropped += 1
+            return None
+        if not isinstance(result, Mapping):
+            if not self._hook_failed:
+                self._hook_failed = True
+                logger.error("before_send returned %s, not a dict or None; sending the event unchanged",
+                             type(result).__qualname__)
+            return rec
+        return {_SHORT[k]: v for k, v in result.items() if k in _SHORT}

@@ -1,0 +1,209 @@
+"""Building the compact record in the application process.
+
+This is the hot path of ``track()``: no I/O, nothing allocated that is not sent.
+Conversions happen inside msgpack's ``default`` hook, so values that need none cost
+nothing; only when packing fails do we walk the event to name the offending key.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import hashlib
+import os
+import re
+import sys
+import sysconfig
+import traceback
+import uuid
+from collections.abc import Mapping
+from decimal import Decimal
+from types import TracebackType
+from typing import Any
+
+import msgpack
+
+from ._exceptions import EventTypeError, InvalidEventError, UnserializableError
+
+__all__ = ["FIELD_NAMES", "convert", "error_properties", "explain_unpackable", "pack", "to_timestamp"]
+
+#: long names of the record's short keys, for error messages
+FIELD_NAMES = {"p": "properties", "tr": "traits", "c": "context", "i": "integrations"}
+
+_UTC = _dt.timezone.utc
+
+
+def convert(value: Any) -> Any:
+    """msgpack ``default`` hook: the documented conversions, or TypeError."""
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_UTC)
+        return value.isoformat()
+    if isinstance(value, _dt.date):
+        return value.isoformat()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    raise TypeError(f"can not serialize {type(value).__qualname__!r} object")
+
+
+_packb = msgpack.packb
+
+
+def pack(record: dict[str, Any]) -> bytes:
+    return _packb(record, default=convert, use_bin_type=True, datetime=False)  # type: ignore[no-any-return]
+
+
+def to_timestamp(value: Any) -> float | str:
+    """A user-given timestamp: datetime (naive = UTC), epoch seconds, or an ISO string."""
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_UTC)
+        return value.timestamp()
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and value:
+        return value
+    raise EventTypeError(
+        f"timestamp must be a datetime, epoch seconds or an ISO-8601 string, "
+        f"not {type(value).__qualname__}"
+    )
+
+
+_NATIVE = (str, int, float, bool, type(None), bytes)
+
+
+def explain_unpackable(record: Mapping[str, Any], exc: Exception) -> Exception:
+    """Find the key path of the first value msgpack cannot carry."""
+    for short, long_name in FIELD_NAMES.items():
+        if short in record:
+            found = _find_bad(record[short], long_name)
+            if found is not None:
+                path, value = found
+                return UnserializableError(path, value)
+    return UnserializableError("event", exc)
+
+
+def _find_bad(value: Any, path: str) -> tuple[str, Any] | None:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not -(2**63) <= value < 2**64:
+            return path, value
+        return None
+    if isinstance(value, _NATIVE):
+        return None
+    if isinstance(value, Mapping):
+        for key, item in value.items():
+            if not isinstance(key, (str, int, float, bool)):
+                return f"{path}[{key!r}] (key)", key
+            found = _find_bad(item, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key!r}]")
+            if found is not None:
+                return found
+        return None
+    if isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            found = _find_bad(item, f"{path}[{index}]")
+            if found is not None:
+                return found
+        return None
+    try:
+        converted = convert(value)
+    except TypeError:
+        return path, value
+    return _find_bad(converted, path)
+
+
+# --- capture_error ---------------------------------------------------------------
+
+#: frames kept in an error event's stack (innermost last, as Python prints them)
+MAX_STACK_FRAMES = 30
+_MAX_MESSAGE = 1000
+_SHAPE = re.compile(
+    r"""0x[0-9a-fA-F]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"""
+    r"""|'[^']*'|"[^"]*"|\d+(?:\.\d+)?"""
+)
+_LIBRARY_DIRS = tuple(
+    {os.path.realpath(p) for p in (sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")) if p}
+)
+
+
+def message_shape(message: str) -> str:
+    """The message with numbers, hex, UUIDs and quoted strings replaced: stable across occurrences."""
+    return _SHAPE.sub("<*>", message)[:200]
+
+
+def _in_app(filename: str) -> bool:
+    if filename.startswith("<"):
+        return False
+    real = os.path.realpath(filename)
+    return not any(real.startswith(d + os.sep) for d in _LIBRARY_DIRS) and "site-packages" not in real
+
+
+def error_properties(exc: BaseException) -> dict[str, Any]:
+    """The properties of a ``$error`` event: type, message, bounded stack, fingerprint."""
+    if not isinstance(exc, BaseException):
+        raise EventTypeError(f"capture_error() takes an exception, not {type(exc).__qualname__}")
+    etype = type(exc)
+    type_name = etype.__qualname__ if etype.__module__ == "builtins" else f"{etype.__module__}.{etype.__qualname__}"
+    message = str(exc)[:_MAX_MESSAGE]
+    tb: TracebackType | None = exc.__traceback__
+    frames = traceback.extract_tb(tb)[-MAX_STACK_FRAMES:] if tb is not None else []
+    stack = [
+        {"filename": f.filename, "lineno": f.lineno, "function": f.name, "in_app": _in_app(f.filename)}
+        for f in frames
+    ]
+    anchor = next((f for f in reversed(stack) if f["in_app"]), stack[-1] if stack else None)
+    anchor_text = f"{_module_of(str(anchor['filename']))}:{anchor['function']}" if anchor else ""
+    fingerprint = hashlib.sha1(
+        f"{type_name}\0{message_shape(message)}\0{anchor_text}".encode(), usedforsecurity=False
+    ).hexdigest()[:16]
+    return {
+        "error_type": type_name,
+        "error_message": message,
+        "stack": stack,
+        "fingerprint": fingerprint,
+        "in_app_frame": anchor_text,
+    }
+
+
+def _module_of(filename: str) -> str:
+    """A path-independent name for a file: the module name where sys.path knows it."""
+    real = os.path.realpath(filename)
+    best = ""
+    for entry in sys.path:
+        root = os.path.realpath(entry or os.getcwd())
+        if real.startswith(root + os.sep) and len(root) > len(best):
+            best = root
+    rel = os.path.relpath(real, best) if best else os.path.basename(real)
+    return rel[:-3].replace(os.sep, ".") if rel.endswith(".py") else rel
+
+
+def require_name(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        raise EventTypeError(f"{what} must be a str, not {type(value).__qualname__}")
+    if not value:
+        raise InvalidEventError(f"{what} must not be empty")
+    return value
+
+
+def identity(user_id: Any, anonymous_id: Any) -> tuple[str | None, str | None]:
+    """Check the Segment rule: user_id or anonymous_id, strings (ints are converted)."""
+    if user_id is None and anonymous_id is None:
+        raise InvalidEventError("one of user_id or anonymous_id is required")
+    return _id(user_id, "user_id"), _id(anonymous_id, "anonymous_id")
+
+
+def _id(value: Any, what: str) -> str | None:
+    if value is None or value.__class__ is str:
+        if value == "":
+            raise InvalidEventError(f"{what} must not be empty")
+        return value  # type: ignore[no-any-return]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, (str, uuid.UUID)):
+        return str(value)
+    raise EventTypeError(f"{what} must be a str or int, not {type(value).__qualname__}")

@@ -1,0 +1,290 @@
+"""Options: one frozen dataclass, validated once; the only place MPSENDER_* is read."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ._exceptions import ConfigurationError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["FORMATS", "Options", "env_disabled", "resolve_options"]
+
+FORMATS = ("segment", "posthog", "json")
+ENV_PREFIX = "MPSENDER_"
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """Everything that configures a client and the sender it talks to.
+
+    Durations are float seconds, sizes are bytes. ``write_key`` and ``endpoint`` are
+    required unless ``disabled``. Options marked *sender* are taken by the sender from
+    the process that started it; the others act in each application process.
+    """
+
+    write_key: str = ""
+    endpoint: str = ""
+    #: wire format: "segment" (POST /v1/batch), "posthog" (POST /batch/) or "json"
+    format: str = "segment"
+    #: request path appended to endpoint; None = the format's own
+    path: str | None = None
+    #: every call is a cheap no-op
+    disabled: bool = False
+    #: sender: events per request
+    batch_size: int = 100
+    #: sender: bytes per request (Segment: 500 KB)
+    batch_bytes: int = 500_000
+    #: largest packed event accepted by track() (Segment: 32 KB)
+    max_message_bytes: int = 32_000
+    #: sender: a batch is sent when its oldest event is this old
+    flush_interval: float = 1.0
+    #: sender: exits this long after its last client has gone
+    linger: float = 30.0
+    #: sender: timeout of one HTTP request
+    request_timeout: float = 10.0
+    #: sender: deadline to drain on exit; what is left stays in the spool
+    shutdown_timeout: float = 5.0
+    #: init() waits at most this long for a new sender to listen (0: do not wait)
+    start_timeout: float = 3.0
+    #: sender: first retry delay and cap of the exponential backoff
+    retry_base: float = 0.5
+    retry_cap: float = 30.0
+    #: sender: undelivered events older than this are dropped as "expired" (None: never)
+    max_event_age: float | None = 7 * 86400.0
+    #: sender: undelivered data on disk above this is dropped oldest-first as "spool_full"
+    max_spool_bytes: int = 512 * 1024 * 1024
+    #: sender: fsync new spool data this often (None: never; the page cache survives
+    #: any process death, not a power cut)
+    fsync_interval: float | None = None
+    #: where sockets, locks and logs live (default: <tmp>/mpsender-<uid>)
+    runtime_dir: str | None = None
+    #: where the write-ahead spool lives (default: <runtime_dir>/<destination>/spool)
+    spool_dir: str | None = None
+    #: sender: gzip request bodies
+    gzip: bool = True
+    #: sender: verify TLS certificates
+    verify_tls: bool = True
+    #: sender: extra HTTP headers (the "json" format's auth, for example)
+    headers: Mapping[str, str] = field(default_factory=dict)
+    #: app: called with each event dict before it is written; return None to drop it
+    before_send: BeforeSend | None = None
+    #: sender: "module:function" called after a batch fails for good
+    on_error: str | None = None
+    #: sender: "module:function" called after every batch outcome
+    on_delivery: str | None = None
+    #: app: properties merged into every track/page/screen event
+    properties: Mapping[str, Any] = field(default_factory=dict)
+    #: app: context merged into every event
+    context: Mapping[str, Any] = field(default_factory=dict)
+    #: app: add host name, pid and worker ids to context
+    enrich: bool = False
+    #: the Python interpreter that runs the sender (default: found from sys.executable)
+    python: str | None = None
+    #: sender: log level of the sender's own log file
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if not self.disabled:
+            if not self.write_key:
+                raise ConfigurationError(
+                    "write_key is missing: pass mpsender.init(write_key=...) "
+                    "or set MPSENDER_WRITE_KEY"
+                )
+            if not self.endpoint:
+                raise ConfigurationError(
+                    "endpoint is missing: pass mpsender.init(endpoint='https://...') "
+                    "or set MPSENDER_ENDPOINT"
+                )
+        if not isinstance(self.write_key, str):
+            raise ConfigurationError(f"write_key must be a str, not {type(self.write_key).__name__}")
+        if self.endpoint and not self.endpoint.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"endpoint must start with http:// or https://, got {self.endpoint!r}"
+            )
+        if self.format not in FORMATS:
+            raise ConfigurationError(f"format must be one of {', '.join(FORMATS)}; got {self.format!r}")
+        if self.path is not None and not self.path.startswith("/"):
+            raise ConfigurationError(f"path must start with '/', got {self.path!r}")
+        for name in ("batch_size", "batch_bytes", "max_message_bytes", "max_spool_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive int, got {value!r}")
+        if self.max_message_bytes > self.batch_bytes:
+            raise ConfigurationError(
+                f"max_message_bytes ({self.max_message_bytes}) must not exceed batch_bytes "
+                f"({self.batch_bytes})"
+            )
+        if self.max_message_bytes > 1_000_000:
+            raise ConfigurationError("max_message_bytes must be at most 1000000")
+        for name in ("flush_interval", "linger", "request_timeout", "shutdown_timeout",
+                     "start_timeout", "retry_base", "retry_cap"):
+            _check_seconds(name, getattr(self, name), allow_zero=name in ("linger", "start_timeout"))
+        for name in ("max_event_age", "fsync_interval"):
+            if getattr(self, name) is not None:
+                _check_seconds(name, getattr(self, name), allow_zero=False)
+        if self.before_send is not None and not callable(self.before_send):
+            raise ConfigurationError("before_send must be callable or None")
+        for name in ("on_error", "on_delivery"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or ":" not in value):
+                raise ConfigurationError(
+                    f"{name} must be an import path 'package.module:function' (it runs in the "
+                    f"sender process), got {value!r}"
+                )
+        for name in ("headers", "properties", "context"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise ConfigurationError(f"{name} must be a mapping, got {type(value).__name__}")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ConfigurationError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    def to_wire(self) -> dict[str, Any]:
+        """The options a sender needs, as plain data (no callables)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out.pop("before_send")
+        out["headers"] = dict(self.headers)
+        out["properties"] = dict(self.properties)
+        out["context"] = dict(self.context)
+        return out
+
+    def redacted_endpoint(self) -> str:
+        key = self.write_key
+        shown = f"{key[:4]}…" if len(key) > 8 else "…"
+        return f"{self.endpoint} ({self.format}, key {shown})"
+
+
+def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigurationError(f"{name} must be a number of seconds, got {value!r}")
+    if value < 0 or (value == 0 and not allow_zero) or math.isinf(value):
+        raise ConfigurationError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+def _parse_bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in _TRUE:
+        return True
+    if low in _FALSE:
+        return False
+    raise ValueError(f"not a boolean: {raw!r}")
+
+
+def _parse_optional_float(raw: str) -> float | None:
+    if raw.strip().lower() in ("", "none", "never", "off"):
+        return None
+    return float(raw)
+
+
+def _parse_headers(raw: str) -> dict[str, str]:
+    # "Name: value; Other: value"
+    out = {}
+    for part in raw.split(";"):
+        if part.strip():
+            name, sep, value = part.partition(":")
+            if not sep:
+                raise ValueError(f"header without ':' in {raw!r}")
+            out[name.strip()] = value.strip()
+    return out
+
+
+_ENV_PARSERS: dict[str, Callable[[str], Any]] = {
+    "write_key": str,
+    "endpoint": str,
+    "format": str,
+    "path": str,
+    "disabled": _parse_bool,
+    "batch_size": int,
+    "batch_bytes": int,
+    "max_message_bytes": int,
+    "flush_interval": float,
+    "linger": float,
+    "request_timeout": float,
+    "shutdown_timeout": float,
+    "start_timeout": float,
+    "retry_base": float,
+    "retry_cap": float,
+    "max_event_age": _parse_optional_float,
+    "max_spool_bytes": int,
+    "fsync_interval": _parse_optional_float,
+    "runtime_dir": str,
+    "spool_dir": str,
+    "gzip": _parse_bool,
+    "verify_tls": _parse_bool,
+    "headers": _parse_headers,
+    "on_error": str,
+    "on_delivery": str,
+    "enrich": _parse_bool,
+    "python": str,
+    "log_level": str,
+}
+_DEFAULTS = {f.name: f for f in dataclasses.fields(Options)}
+
+
+def env_disabled(environ: Mapping[str, str] | None = None) -> bool:
+    """True when MPSENDER_DISABLED says so (a bad value warns and counts as not disabled)."""
+    raw = (os.environ if environ is None else environ).get(ENV_PREFIX + "DISABLED")
+    if raw is None:
+        return False
+    try:
+        return _parse_bool(raw)
+    except ValueError:
+        logger.warning("ignoring MPSENDER_DISABLED=%r: not a boolean", raw)
+        return False
+
+
+def _env_values(environ: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, parse in _ENV_PARSERS.items():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is None:
+            continue
+        try:
+            values[name] = parse(raw)
+        except ValueError as exc:
+            logger.warning("ignoring %s%s=%r: %s; using the default", ENV_PREFIX, name.upper(), raw, exc)
+    return values
+
+
+def resolve_options(explicit: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> Options:
+    """Merge explicit arguments over MPSENDER_* variables over defaults.
+
+    A bad explicit argument raises :class:`ConfigurationError`; a bad environment value
+    logs a warning and falls back to the default.
+    """
+    unknown = sorted(set(explicit) - set(_DEFAULTS))
+    if unknown:
+        raise ConfigurationError(
+            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(_DEFAULTS))}"
+        )
+    env = _env_values(os.environ if environ is None else environ)
+    for name in list(env):
+        if name in explicit and explicit[name] is not None:
+            del env[name]
+            continue
+        try:
+            Options(**{**_sentinels(), name: env[name]})
+        except ConfigurationError as exc:
+            logger.warning("ignoring %s%s: %s; using the default", ENV_PREFIX, name.upper(), exc)
+            del env[name]
+    merged = {**env, **{k: v for k, v in explicit.items() if v is not None or k in _NULLABLE}}
+    return Options(**merged)
+
+
+# Options whose None is meaningful when given explicitly.
+_NULLABLE = frozenset({"max_event_age", "fsync_interval"})
+
+
+def _sentinels() -> dict[str, Any]:
+    """Valid placeholder identity so one env value can be validated alone."""
+    return {"write_key": "k", "endpoint": "http://127.0.0.1"}

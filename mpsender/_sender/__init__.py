@@ -1,0 +1,1 @@
+"""The sender process: one per user and destination on a host (``python -m mpsender._sender``)."""

@@ -1,0 +1,78 @@
+"""Entry point of the sender process.
+
+Started by an application process as ``python -m mpsender._sender <dest-dir>``, with
+its configuration (write key included) on stdin, the destination's lock on an
+inherited descriptor, and stdout a pipe on which it says ``ready`` once it listens.
+It forks once more so that it is nobody's child: the launcher exits at once and is
+reaped by the app, and the sender lives on in its own session.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import logging.handlers
+import os
+import sys
+
+import msgpack
+
+from .._options import Options
+
+
+def main() -> int:
+    os.umask(0o077)
+    dest = sys.argv[1]
+    config = msgpack.unpackb(sys.stdin.buffer.read(), raw=False)
+    options = Options(**config["options"])
+    lock_fd = int(config["lock_fd"])
+    for entry in config.get("sys_path", []):
+        if entry not in sys.path:
+            sys.path.append(entry)  # so on_error/on_delivery import paths resolve
+    # Make sure the lock we were handed is held (started by hand: take it ourselves).
+    try:
+        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(f"mpsender sender: another sender holds {dest}/sender.lock", file=sys.stderr)
+        return 1
+    if os.fork():
+        os._exit(0)  # the launcher: its parent reaps it; the sender is adopted by init
+    devnull = os.open(os.devnull, os.O_RDWR)
+    os.dup2(devnull, 0)
+    _setup_logging(os.path.join(dest, "sender.log"), options.log_level)
+    from ._server import Server  # imports httpx: after the fork, once
+
+    log = logging.getLogger("mpsender.sender")
+    try:
+        server = Server(options, dest, config["spool"])
+        server.listen()
+    except Exception:
+        log.exception("the sender could not start")
+        return 1
+    log.info("sender %d listening on %s for %s", os.getpid(), server.socket_path, options.redacted_endpoint())
+    try:
+        os.write(1, b"ready\n")
+    except OSError:
+        pass  # nobody waits for us: started from track(), not init()
+    os.dup2(devnull, 1)
+    os.close(devnull)
+    try:
+        server.serve()
+    except Exception:
+        log.exception("the sender failed")
+        return 1
+    return 0
+
+
+def _setup_logging(path: str, level: str) -> None:
+    handler = logging.handlers.RotatingFileHandler(path, maxBytes=5 * 1024 * 1024, backupCount=1)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(process)d %(threadName)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("httpcore").setLevel(logging.WARNING)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

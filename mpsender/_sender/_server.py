@@ -1,0 +1,361 @@
+"""The sender's IO thread: connections, control requests, flush waiters, linger, exit.
+
+It never waits behind an upload: the uploader runs in its own thread, and the data
+itself never passes through here (it is in the spool files) except for events sent
+over a socket because an application process could not write its file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mmap
+import os
+import selectors
+import signal
+import socket
+import struct
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from .._options import Options
+from .._protocol import FLUSH, HELLO, MAX_CONTROL, REPLY, STATS, STOP, WAKE
+from .._version import __version__
+from ._spool import Spool
+from ._uploader import Counters, Uploader
+
+logger = logging.getLogger(__name__)
+
+_STATE = "state.json"
+_SAVE_EVERY = 5.0
+#: events held in memory when they came over a socket (the disk refused them)
+MAX_MEMORY_EVENTS = 100_000
+_PEERCRED = struct.Struct("3i")
+
+
+@dataclass(eq=False)
+class _Conn:
+    sock: socket.socket
+    pid: int = 0
+
+
+@dataclass
+class _Waiter:
+    conn: _Conn
+    req: int
+    marks: list[Any]
+    mem_seq: int
+    since: float = field(default_factory=time.monotonic)
+
+
+class Server:
+    def __init__(self, options: Options, dest: str, spool_dir: str) -> None:
+        self.options = options
+        self.dest = dest
+        self.spool = Spool(spool_dir)
+        self.counters = Counters()
+        self._load_state()
+        self.started_at = time.time()
+        self._sel = selectors.DefaultSelector()
+        self._conns: dict[int, _Conn] = {}
+        self._waiters: list[_Waiter] = []
+        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._buf = bytearray(MAX_CONTROL + 1)
+        self._exiting = False
+        self._last_client_left = time.monotonic()
+        self._next_save = time.monotonic() + _SAVE_EVERY
+        self.socket_path = os.path.join(dest, "sender.sock")
+        self._bell = _doorbell(os.path.join(dest, "doorbell"))
+        self.uploader = Uploader(options, self.spool, self.counters, self._poke, self._bell)
+        self._listener: socket.socket | None = None
+
+    # --- start --------------------------------------------------------------------------
+
+    def listen(self) -> None:
+        try:
+            os.unlink(self.socket_path)  # stale: we hold the lock, so no sender owns it
+        except FileNotFoundError:
+            pass
+        lst = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        lst.bind(self.socket_path)
+        os.chmod(self.socket_path, 0o600)
+        lst.listen(512)
+        lst.setblocking(False)
+        self._listener = lst
+        self._sel.register(lst, selectors.EVENT_READ, "accept")
+        self._sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self.spool.discover()
+        self.uploader.start()
+        self._write_info()
+
+    def _write_info(self) -> None:
+        info = {
+            "pid": os.getpid(), "started_at": self.started_at, "version": __version__,
+            "destination": self.options.redacted_endpoint(), "format": self.options.format,
+            "spool": self.spool.dir, "socket": self.socket_path,
+        }
+        tmp = os.path.join(self.dest, "sender.json.tmp")
+        with open(tmp, "w") as fh:
+            json.dump(info, fh)
+        os.replace(tmp, os.path.join(self.dest, "sender.json"))
+
+    # --- loop -------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self._request_exit("SIGTERM"))
+        signal.signal(signal.SIGINT, lambda *_: self._request_exit("SIGINT"))
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        while not self._exiting:
+            for key, _ in self._sel.select(self._timeout()):
+                try:
+                    if key.data == "accept":
+                        self._accept()
+                    elif key.data == "wake":
+                        _drain(self._wake_r)
+                    else:
+                        self._read(key.data)
+                except Exception:  # noqa: BLE001 - one bad client must not stop the sender
+                    logger.exception("error while serving a connection")
+            self._check_waiters()
+            now = time.monotonic()
+            if not self._conns and now - self._last_client_left >= self.options.linger:
+                logger.info("no client for %.1fs: exiting", self.options.linger)
+                self._exiting = True
+            if now >= self._next_save:
+                self._next_save = now + _SAVE_EVERY
+                self._save_state()
+            if not self.uploader.is_alive() and not self._exiting:
+                logger.error("the uploader thread died; exiting so a new sender takes over")
+                self._exiting = True
+        self._shutdown()
+
+    def _timeout(self) -> float:
+        if self._conns:
+            return _SAVE_EVERY
+        left = self._last_client_left + self.options.linger - time.monotonic()
+        return max(0.0, min(left, _SAVE_EVERY))
+
+    def _request_exit(self, why: str) -> None:
+        logger.info("%s: draining and exiting", why)
+        self._exiting = True
+        self._poke()
+
+    def _poke(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except BlockingIOError:
+            pass  # a wake-up is already pending: one is enough
+
+    # --- connections ------------------------------------------------------------------------
+
+    def _accept(self) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+            if uid != os.getuid():
+                logger.warning("refused a connection from uid %d (pid %d): only uid %d may send here",
+                               uid, pid, os.getuid())
+                self.counters.dropped["refused_connections"] = self.counters.dropped.get("refused_connections", 0) + 1
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = _Conn(sock, pid)
+            self._conns[sock.fileno()] = conn
+            self._sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _close(self, conn: _Conn) -> None:
+        fd = conn.sock.fileno()
+        if fd >= 0:
+            self._sel.unregister(conn.sock)
+            self._conns.pop(fd, None)
+        conn.sock.close()
+        self._waiters = [w for w in self._waiters if w.conn is not conn]
+        if not self._conns:
+            self._last_client_left = time.monotonic()
+        # its file is final now, perhaps: let the uploader look
+        self.uploader.wake()
+
+    def _read(self, conn: _Conn) -> None:
+        buf = self._buf
+        for _ in range(256):  # bounded, so one busy client cannot starve the others
+            try:
+                n = conn.sock.recv_into(buf)
+            except BlockingIOError:
+                return
+            except OSError:
+                self._close(conn)
+                return
+            if n == 0:
+                self._close(conn)
+                return
+            self._message(conn, bytes(buf[:n]))
+
+    def _message(self, conn: _Conn, data: bytes) -> None:
+        first = data[0]
+        if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):
+            self._memory_event(data)
+            return
+        try:
+            msg = msgpack.unpackb(data, raw=False)
+            kind = msg[0]
+        except Exception:  # noqa: BLE001 - garbage from a client is counted and skipped
+            self.counters.dropped["bad_frames"] = self.counters.dropped.get("bad_frames", 0) + 1
+            return
+        if kind == WAKE:
+            self.uploader.wake()
+        elif kind == HELLO:
+            conn.pid = msg[1]
+            for name in msg[2]:
+                self.spool_note(name)
+            self.uploader.wake()
+        elif kind == FLUSH:
+            for mark in msg[2]:
+                self.spool_note(mark[0])
+            self._waiters.append(_Waiter(conn, msg[1], msg[2], self.spool.mem_in))
+            self.uploader.urgent = True
+            self.uploader.wake()
+        elif kind == STATS:
+            self._reply(conn, msg[1], self.stats())
+        elif kind == STOP:
+            self._reply(conn, msg[1], True)
+            self._request_exit(f"stop requested by pid {conn.pid}")
+
+    def spool_note(self, name: Any) -> None:
+        if isinstance(name, str):
+            self.spool.note(name)
+
+    def _memory_event(self, data: bytes) -> None:
+        spool = self.spool
+        if len(spool.mem) >= MAX_MEMORY_EVENTS:
+            self.counters.drop("memory_full")
+            return
+        spool.mem_in += 1
+        spool.mem.append((spool.mem_in, data))
+        spool.mem_bytes += len(data)
+        spool.count("spool_unavailable")
+        self.uploader.wake()
+
+    def _reply(self, conn: _Conn, req: int, payload: Any) -> None:
+        try:
+            conn.sock.send(msgpack.packb([REPLY, req, payload], use_bin_type=True))
+        except OSError as exc:
+            logger.info("could not answer pid %d: %s", conn.pid, exc)
+
+    def _check_waiters(self) -> None:
+        if not self._waiters:
+            return
+        still = []
+        for w in self._waiters:
+            if self.spool.settled(w.marks) and self.spool.mem_committed >= w.mem_seq:
+                self._reply(w.conn, w.req, True)
+            else:
+                still.append(w)
+        self._waiters = still
+        self.uploader.urgent = bool(still)
+
+    # --- stats and state ------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        c = self.counters
+        spool = self.spool
+        dropped = dict(c.dropped)
+        for reason, n in spool.counters.extra.items():
+            dropped[reason] = dropped.get(reason, 0) + n
+        if spool.counters.corrupt:
+            dropped["corrupt"] = dropped.get("corrupt", 0) + spool.counters.corrupt
+        pending_bytes = spool.pending_bytes()
+        return {
+            "pid": os.getpid(), "started_at": self.started_at, "uptime": time.time() - self.started_at,
+            "received": spool.counters.received, "uploaded": c.uploaded, "batches": c.batches,
+            "requests": c.requests, "retries": c.retries,
+            "pending": len(spool.mem) + sum(len(wf.buffered) for wf in list(spool.files.values())),
+            "pending_bytes": pending_bytes, "spool_bytes": spool.disk_bytes(),
+            "dropped": {k: v for k, v in dropped.items() if v},
+            "connections": len(self._conns), "last_status": c.last_status, "last_error": c.last_error,
+            "rate_limited_for": self.uploader.rate_limit.remaining(time.monotonic()),
+            "destination": self.options.redacted_endpoint(), "version": __version__,
+            "spool": spool.dir, "files": len(spool.files),
+        }
+
+    def _load_state(self) -> None:
+        path = os.path.join(self.spool.dir, _STATE)
+        try:
+            with open(path) as fh:
+                state = json.load(fh)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            logger.warning("cannot read %s (%s); counters start from zero", path, exc)
+            return
+        c = self.counters
+        c.uploaded = int(state.get("uploaded", 0))
+        c.batches = int(state.get("batches", 0))
+        c.requests = int(state.get("requests", 0))
+        c.retries = int(state.get("retries", 0))
+        c.dropped = {str(k): int(v) for k, v in state.get("dropped", {}).items()}
+        self.spool.counters.corrupt = int(state.get("corrupt", 0))
+        self.spool.counters.extra = {str(k): int(v) for k, v in state.get("spool", {}).items()}
+
+    def _save_state(self) -> None:
+        c = self.counters
+        state = {"uploaded": c.uploaded, "batches": c.batches, "requests": c.requests,
+                 "retries": c.retries, "dropped": c.dropped, "corrupt": self.spool.counters.corrupt,
+                 "spool": self.spool.counters.extra, "saved_at": time.time()}
+        path = os.path.join(self.spool.dir, _STATE)
+        try:
+            with open(path + ".tmp", "w") as fh:
+                json.dump(state, fh)
+            os.replace(path + ".tmp", path)
+        except OSError as exc:
+            logger.warning("cannot save counters to %s: %s", path, exc)
+
+    # --- exit ---------------------------------------------------------------------------------
+
+    def _shutdown(self) -> None:
+        deadline = time.monotonic() + self.options.shutdown_timeout
+        if self._listener is not None:
+            self._sel.unregister(self._listener)
+            self._listener.close()
+            try:
+                os.unlink(self.socket_path)  # we still hold the lock: it is ours to remove
+            except FileNotFoundError:
+                pass
+        self.uploader.stop(deadline)
+        self.uploader.join(max(0.0, deadline - time.monotonic()))
+        if self.uploader.is_alive():
+            logger.warning("shutdown deadline reached with a request in flight; "
+                           "undelivered events stay in the spool for the next sender")
+        self._check_waiters()
+        for conn in list(self._conns.values()):
+            conn.sock.close()
+        self._save_state()
+        try:
+            os.unlink(os.path.join(self.dest, "sender.json"))
+        except FileNotFoundError:
+            pass
+        logger.info("exited: %s", json.dumps(self.stats()))
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 4096):
+            pass
+    except BlockingIOError:
+        pass  # drained
+
+
+def _doorbell(path: str) -> mmap.mmap:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        if os.fstat(fd).st_size < 64:
+            os.ftruncate(fd, 64)
+        return mmap.mmap(fd, 64)
+    finally:
+        os.close(fd)

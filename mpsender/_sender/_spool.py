@@ -1,0 +1,383 @@
+"""The sender's view of the spool: the write-ahead files the application processes append to.
+
+Each file is read from its committed offset. A batch remembers where each of its
+records ends; after the endpoint accepted it (or it was settled for good), the
+committed offset moves there and is appended to ``commits.log``. A file is deleted once
+everything in it is committed and its writer has let go of its lock (exited, or moved
+to a new file). A SIGKILLed sender therefore loses nothing: the next one reads from the
+committed offsets again (at-least-once; the message ids let the endpoint dedupe).
+"""
+
+from __future__ import annotations
+
+import collections
+import fcntl
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from .._framing import scan
+
+logger = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+_COMMITS = "commits.log"
+_COMPACT_AT = 1 << 20
+
+
+@dataclass(slots=True)
+class Entry:
+    """One record read from the spool. ``payload`` None: skipped (corrupt region)."""
+
+    source: "WalFile | None"  # None: received over a socket, held in memory
+    end: int                 # offset after the record in its file (memory: sequence number)
+    payload: bytes | None
+    wire: bytes = b""        # the encoded wire event, set by the uploader
+    ts: float = 0.0
+    message_id: str = ""
+
+
+@dataclass(eq=False)
+class WalFile:
+    name: str
+    path: str
+    fd: int
+    committed: int = 0
+    read_pos: int = 0
+    final: bool = False      # the writer has let go: no byte will be added
+    size: int = 0            # last size seen
+    taken: int = 0           # end of the last record handed to the uploader
+    buffered: collections.deque[Entry] = field(default_factory=collections.deque)
+
+
+@dataclass
+class SpoolCounters:
+    corrupt: int = 0
+    received: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Spool:
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        self.files: dict[str, WalFile] = {}
+        self._lock = threading.Lock()  # the IO thread asks about commits while the uploader works
+        self._rr = 0
+        self.counters = SpoolCounters()
+        self.mem: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.mem_in = 0          # sequence number of the last event received over a socket
+        self.mem_committed = 0
+        self.mem_bytes = 0
+        self._commits: dict[str, int] = {}
+        #: files with records in the batch being delivered now (set by the uploader)
+        self._in_flight: dict[str, bool] = {}
+        self._load_commits()
+        self._commit_fd = os.open(os.path.join(directory, _COMMITS),
+                                  os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        self._commit_log_size = os.fstat(self._commit_fd).st_size
+
+    # --- commit log ------------------------------------------------------------------
+
+    def _load_commits(self) -> None:
+        path = os.path.join(self.dir, _COMMITS)
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        unpacker = msgpack.Unpacker(raw=False)
+        unpacker.feed(data)
+        try:
+            for item in unpacker:
+                if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str):
+                    name, offset = item
+                    if offset is None:
+                        self._commits.pop(name, None)
+                    elif isinstance(offset, int):
+                        self._commits[name] = max(offset, self._commits.get(name, 0))
+        except (ValueError, msgpack.ExtraData):
+            logger.warning("commits.log has a torn tail; records after it are read again")
+        existing = {n for n in os.listdir(self.dir) if n.endswith(".wal")}
+        self._commits = {n: o for n, o in self._commits.items() if n in existing}
+        tmp = path + ".tmp"
+        with open(tmp, "wb") as fh:
+            for name, offset in self._commits.items():
+                fh.write(msgpack.packb([name, offset]))
+        os.replace(tmp, path)
+
+    def _log_commit(self, name: str, offset: int | None) -> None:
+        data = msgpack.packb([name, offset])
+        try:
+            os.write(self._commit_fd, data)
+        except OSError as exc:
+            self.count("spool_unavailable")
+            logger.warning("cannot write commits.log: %s; a restart would send some events again", exc)
+            return
+        self._commit_log_size += len(data)
+        if self._commit_log_size > _COMPACT_AT:
+            self._compact()
+
+    def _compact(self) -> None:
+        path = os.path.join(self.dir, _COMMITS)
+        tmp = path + ".tmp"
+        try:
+            with open(tmp, "wb") as fh:
+                for wf in self.files.values():
+                    fh.write(msgpack.packb([wf.name, wf.committed]))
+            os.replace(tmp, path)
+            os.close(self._commit_fd)
+            self._commit_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            self._commit_log_size = os.fstat(self._commit_fd).st_size
+        except OSError as exc:
+            logger.warning("cannot compact commits.log: %s", exc)
+
+    # --- discovery ---------------------------------------------------------------------
+
+    def discover(self) -> int:
+        """Pick up write-ahead files we do not know yet. Returns how many were added."""
+        try:
+            names = [e.name for e in os.scandir(self.dir) if e.name.endswith(".wal")]
+        except OSError as exc:
+            logger.warning("cannot list the spool %s: %s", self.dir, exc)
+            return 0
+        added = 0
+        for name in names:
+            if name not in self.files and self._add(name):
+                added += 1
+        return added
+
+    def note(self, name: str) -> None:
+        if isinstance(name, str) and name.endswith(".wal") and "/" not in name and name not in self.files:
+            self._add(name)
+
+    def _add(self, name: str) -> bool:
+        path = os.path.join(self.dir, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return False
+        start = self._commits.pop(name, 0)
+        try:
+            size = os.fstat(fd).st_size
+        except OSError:
+            size = 0
+        with self._lock:
+            self.files[name] = WalFile(name, path, fd, committed=start, read_pos=start, size=size, taken=start)
+        return True
+
+    def knows(self, name: str) -> bool:
+        return name in self.files
+
+    # --- reading ---------------------------------------------------------------------
+
+    def read(self, limit: int) -> list[Entry]:
+        """Up to ``limit`` records not yet read, fairly from every file, then from memory."""
+        out: list[Entry] = []
+        files = list(self.files.values())
+        if files:
+            # start at a different file each time, and give each a fair share first
+            self._rr = (self._rr + 1) % len(files)
+            files = files[self._rr:] + files[:self._rr]
+            share = max(1, limit // len(files))
+            for wf in files:
+                self._read_file(wf, min(share, limit - len(out)), out)
+            for wf in files:
+                self._read_file(wf, limit - len(out), out)
+        while self.mem and len(out) < limit:
+            seq, payload = self.mem.popleft()
+            self.mem_bytes -= len(payload)
+            out.append(Entry(None, seq, payload))
+        self.counters.received += sum(1 for e in out if e.payload is not None)
+        return out
+
+    def _read_file(self, wf: WalFile, limit: int, out: list[Entry]) -> None:
+        taken = 0
+        while taken < limit:
+            if not wf.buffered and not self._fill(wf):
+                break
+            entry = wf.buffered.popleft()
+            wf.taken = entry.end
+            out.append(entry)
+            taken += 1
+
+    def _fill(self, wf: WalFile) -> bool:
+        """Scan the next chunk of ``wf`` into its buffer. False when nothing new is there."""
+        if wf.final and wf.read_pos >= wf.size:
+            return False
+        try:
+            data = os.pread(wf.fd, CHUNK, wf.read_pos)
+        except OSError as exc:
+            logger.warning("cannot read %s: %s", wf.path, exc)
+            return False
+        if not data:
+            return False
+        result = scan(data, final=False)
+        if result.incomplete and not result.payloads and self._writer_gone(wf):
+            result = scan(data, final=len(data) < CHUNK)
+        base = wf.read_pos
+        for end, payload in result.payloads:
+            wf.buffered.append(Entry(wf, base + end, payload))
+        last = result.payloads[-1][0] if result.payloads else 0
+        if result.consumed > last:
+            wf.buffered.append(Entry(wf, base + result.consumed, None))  # corrupt region, skipped in order
+        wf.read_pos = base + result.consumed
+        if result.corrupt:
+            self.counters.corrupt += result.corrupt
+            logger.warning("%s: skipped %d corrupt region(s) after offset %d", wf.name, result.corrupt, base)
+        return bool(wf.buffered)
+
+    def _writer_gone(self, wf: WalFile) -> bool:
+        if wf.final:
+            return True
+        try:
+            fcntl.flock(wf.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return False
+        wf.final = True
+        try:
+            wf.size = os.fstat(wf.fd).st_size
+        except OSError:
+            pass  # size stays as last seen; reading goes on until pread returns nothing
+        return True
+
+    def has_unread(self) -> bool:
+        if self.mem:
+            return True
+        for wf in list(self.files.values()):
+            if wf.buffered:
+                return True
+            try:
+                if os.fstat(wf.fd).st_size > wf.read_pos:
+                    return True
+            except OSError:
+                continue
+        return False
+
+    # --- committing --------------------------------------------------------------------
+
+    def mark_in_flight(self, entries: list[Entry]) -> None:
+        self._in_flight = {e.source.name: True for e in entries if e.source is not None}
+
+    def commit(self, entries: list[Entry]) -> None:
+        marks: dict[WalFile, int] = {}
+        mem_top = 0
+        for e in entries:
+            if e.source is None:
+                mem_top = max(mem_top, e.end)
+            else:
+                marks[e.source] = max(marks.get(e.source, 0), e.end)
+        with self._lock:
+            for wf, end in marks.items():
+                if end > wf.committed:
+                    wf.committed = end
+                    self._log_commit(wf.name, end)
+            if mem_top:
+                self.mem_committed = max(self.mem_committed, mem_top)
+
+    def settled(self, marks: list[list[Any]]) -> bool:
+        """Is everything up to these (file, size) marks committed? (flush)"""
+        with self._lock:
+            for mark in marks:
+                if not (isinstance(mark, list) and len(mark) == 2):
+                    continue
+                name, size = mark
+                wf = self.files.get(name)
+                if wf is None:
+                    if isinstance(name, str) and os.path.exists(os.path.join(self.dir, name)):
+                        return False  # not discovered yet
+                    continue  # deleted: everything in it was settled
+                if wf.committed < size:
+                    return False
+        return True
+
+    def finish_files(self) -> int:
+        """Delete files that are fully committed and whose writer has gone."""
+        removed = 0
+        for wf in list(self.files.values()):
+            try:
+                size = os.fstat(wf.fd).st_size
+            except OSError:
+                continue
+            wf.size = size
+            if wf.committed < size or wf.read_pos < size or wf.buffered:
+                continue
+            if not self._writer_gone(wf):
+                continue
+            if os.fstat(wf.fd).st_size != wf.committed:
+                continue  # a last write landed before the writer let go
+            try:
+                os.unlink(wf.path)
+            except OSError as exc:
+                logger.warning("cannot delete %s: %s", wf.path, exc)
+                continue
+            with self._lock:
+                del self.files[wf.name]
+            os.close(wf.fd)
+            self._log_commit(wf.name, None)
+            removed += 1
+        return removed
+
+    # --- size ------------------------------------------------------------------------------
+
+    def pending_bytes(self) -> int:
+        total = self.mem_bytes
+        for wf in list(self.files.values()):
+            total += max(0, wf.size - wf.committed)
+        return total
+
+    def disk_bytes(self) -> int:
+        return sum(wf.size for wf in list(self.files.values()))
+
+    def drop_oldest(self, excess: int) -> int:
+        """Drop records not yet handed out, oldest files first, until ``excess`` bytes
+        are gone. Returns how many events were dropped (the caller counts spool_full)."""
+        dropped = 0
+        for wf in sorted(self.files.values(), key=_mtime):
+            while excess > 0 and (wf.buffered or self._fill(wf)):
+                entry = wf.buffered.popleft()
+                excess -= entry.end - max(wf.taken, wf.committed)
+                wf.taken = entry.end
+                if entry.payload is not None:
+                    dropped += 1
+            if wf.taken > wf.committed and not self._in_flight.get(wf.name):
+                with self._lock:
+                    wf.committed = wf.taken
+                self._log_commit(wf.name, wf.committed)
+            if excess <= 0:
+                break
+        return dropped
+
+    def fsync(self) -> None:
+        for wf in list(self.files.values()):
+            if not wf.final:
+                try:
+                    os.fsync(wf.fd)
+                except OSError as exc:
+                    logger.warning("fsync %s: %s", wf.path, exc)
+
+    def count(self, reason: str, n: int = 1) -> None:
+        self.counters.extra[reason] = self.counters.extra.get(reason, 0) + n
+
+    def close(self) -> None:
+        for wf in list(self.files.values()):
+            try:
+                os.close(wf.fd)
+            except OSError:
+                pass  # closing at exit: nothing left to do with it
+        try:
+            os.close(self._commit_fd)
+        except OSError:
+            pass  # as above
+
+
+def _mtime(wf: WalFile) -> float:
+    try:
+        return os.fstat(wf.fd).st_mtime
+    except OSError:
+        return 0.0

@@ -1,0 +1,414 @@
+"""The uploader thread: cut batches from the spool, send them, commit what was accepted.
+
+Batches are sent one at a time over one kept-alive ``httpx.Client``: the order of
+commits follows the order of reads, and one rate-limit state covers the whole host.
+A batch the endpoint refuses is split (413, or a 400 about size) or bisected (any other
+permanent 4xx) until the refused events are isolated in the dead-letter file; 401/403
+pause delivery and keep everything.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+import threading
+import time
+import zlib
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import msgpack
+
+from .._options import Options
+from .._retry import (
+    RateLimit,
+    is_auth_status,
+    is_retryable_status,
+    is_size_rejection,
+    next_delay,
+    parse_retry_after,
+)
+from .._version import __version__
+from .._wire import format_message_id, format_timestamp, get_encoder
+from ._spool import Entry, Spool
+
+logger = logging.getLogger(__name__)
+
+#: how often the uploader looks for new files, enforces the disk bound, deletes
+HOUSEKEEPING = 1.0
+_AUTH_PAUSE = 30.0
+
+
+class Counters:
+    """The sender's counters. Totals are persisted in ``state.json`` across restarts."""
+
+    def __init__(self) -> None:
+        self.uploaded = 0
+        self.batches = 0
+        self.requests = 0
+        self.retries = 0
+        self.dropped: dict[str, int] = {}
+        self.last_status: int | None = None
+        self.last_error: str | None = None
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        if n:
+            self.dropped[reason] = self.dropped.get(reason, 0) + n
+
+
+class _Outcome:
+    OK = "ok"
+    SPLIT = "split"
+    BISECT = "bisect"
+    REJECT = "reject"
+    ABANDON = "abandon"  # shutting down: leave it in the spool
+
+
+class Uploader(threading.Thread):
+    def __init__(self, options: Options, spool: Spool, counters: Counters,
+                 on_commit: Callable[[], None], doorbell: Any) -> None:
+        super().__init__(name="mpsender-uploader", daemon=True)
+        self.options = options
+        self.spool = spool
+        self.counters = counters
+        self._on_commit = on_commit
+        self._bell = doorbell
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self.urgent = False
+        self.deadline: float | None = None
+        self.rate_limit = RateLimit()
+        self.encoder = get_encoder(
+            options.format, write_key=options.write_key, library_name="mpsender",
+            library_version=__version__, path=options.path, headers=options.headers,
+        )
+        self.url = options.endpoint.rstrip("/") + self.encoder.path
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(options.request_timeout),
+            verify=options.verify_tls,
+            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            headers={"User-Agent": f"mpsender/{__version__}"},
+        )
+        self._pending: deque[Entry] = deque()
+        self._next_housekeeping = 0.0
+        self._next_fsync = 0.0
+        self._deadletter_path = os.path.join(spool.dir, "deadletter.jsonl")
+        self._auth_warned = False
+        self._hooks = {name: _load_hook(getattr(options, name), name) for name in ("on_error", "on_delivery")}
+        self.idle = threading.Event()
+
+    # --- control from the IO thread --------------------------------------------------
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self, deadline: float) -> None:
+        """Send what can be sent before ``deadline`` (monotonic), then end."""
+        self.deadline = deadline
+        self._stopping.set()
+        self._wake.set()
+
+    # --- main loop ----------------------------------------------------------------------
+
+    def run(self) -> None:
+        try:
+            while True:
+                batch = self._collect()
+                if batch is None:
+                    break
+                try:
+                    self._deliver(batch)
+                except Exception:  # noqa: BLE001 - one bad batch must not stop delivery
+                    logger.exception("delivering a batch failed; it stays in the spool")
+                    self._interruptible_wait(1.0)
+                    if self._stopping.is_set():
+                        break
+        finally:
+            self._http.close()
+
+    def _housekeeping(self, now: float) -> None:
+        if now < self._next_housekeeping:
+            return
+        self._next_housekeeping = now + HOUSEKEEPING
+        spool = self.spool
+        spool.discover()
+        spool.finish_files()
+        excess = spool.pending_bytes() - self.options.max_spool_bytes
+        if excess > 0:
+            n = spool.drop_oldest(excess)
+            if n:
+                self.counters.drop("spool_full", n)
+                logger.warning("spool over max_spool_bytes: dropped the %d oldest events", n)
+        if self.options.fsync_interval is not None and now >= self._next_fsync:
+            self._next_fsync = now + self.options.fsync_interval
+            spool.fsync()
+
+    def _collect(self) -> list[Entry] | None:
+        """The next batch: full, or as old as flush_interval, or wanted by a flush."""
+        opts = self.options
+        first_at: float | None = None
+        while True:
+            now = time.monotonic()
+            self._housekeeping(now)
+            if len(self._pending) < opts.batch_size:
+                self._decode(self.spool.read(opts.batch_size))
+            if self._pending and first_at is None:
+                first_at = now
+            batch = self._cut(force=False)
+            if batch:
+                return batch
+            if self._pending and (self.urgent or self._stopping.is_set()
+                                  or (first_at is not None and now - first_at >= opts.flush_interval)):
+                return self._cut(force=True)
+            if not self._pending:
+                if self._stopping.is_set():
+                    return None
+                first_at = None
+                self.idle.set()
+                self._on_commit()  # let waiting flushes see that nothing is left
+            timeout = HOUSEKEEPING if first_at is None else max(0.0, first_at + opts.flush_interval - now)
+            self._sleep(timeout)
+
+    def _sleep(self, timeout: float) -> None:
+        """Wait for new data; raise the doorbell so writers wake us."""
+        bell = self._bell
+        bell[0] = 1
+        if self.spool.has_unread() or self.urgent or self._stopping.is_set():
+            bell[0] = 0
+            return
+        self._wake.wait(timeout)
+        self._wake.clear()
+        bell[0] = 0
+        self.idle.clear()
+
+    def _decode(self, entries: list[Entry]) -> None:
+        opts = self.options
+        max_age = opts.max_event_age
+        now = time.time()
+        encode = self.encoder.encode
+        skipped: list[Entry] = []
+        for e in entries:
+            if e.payload is None:
+                skipped.append(e)
+                continue
+            try:
+                rec = msgpack.unpackb(e.payload, raw=False, strict_map_key=False)
+                ts = rec.get("ts")
+                e.ts = ts if isinstance(ts, float) else now
+                if max_age is not None and now - e.ts > max_age:
+                    self.counters.drop("expired")
+                    e.payload = None
+                    skipped.append(e)
+                    continue
+                e.message_id = format_message_id(rec.get("m", b""))
+                e.wire = encode(rec)
+            except Exception as exc:  # noqa: BLE001 - a record we cannot read is dead-lettered, not retried
+                self._dead_letter([e], None, f"undecodable record: {exc!r}")
+                e.payload = None
+                skipped.append(e)
+                continue
+            if len(e.wire) > opts.max_message_bytes:
+                self._dead_letter([e], None, f"event is {len(e.wire)} bytes as JSON, over {opts.max_message_bytes}")
+                self.counters.drop("oversize")
+                e.payload = None
+                skipped.append(e)
+                continue
+            e.payload = b""  # decoded: free the packed bytes
+        for e in entries:
+            self._pending.append(e)
+
+    def _cut(self, *, force: bool) -> list[Entry]:
+        """Take a batch off the front of the pending records, keeping their order."""
+        opts = self.options
+        budget = opts.batch_bytes - 64  # room for the envelope
+        batch: list[Entry] = []
+        count = size = 0
+        pending = self._pending
+        while pending:
+            e = pending[0]
+            if e.payload is not None:
+                if count >= opts.batch_size or size + len(e.wire) + 1 > budget:
+                    return batch
+                count += 1
+                size += len(e.wire) + 1
+            batch.append(pending.popleft())
+        if count >= opts.batch_size or force or (batch and count == 0):
+            return batch
+        # not full yet: put it back and wait for more
+        pending.extendleft(reversed(batch))
+        return []
+
+    # --- delivery -----------------------------------------------------------------------
+
+    def _deliver(self, batch: list[Entry]) -> None:
+        events = [e for e in batch if e.payload is not None]
+        self.spool.mark_in_flight(batch)
+        if events:
+            settled = self._send_all(events)
+            if not settled:
+                # shutting down before it could be sent: it stays in the spool
+                self.spool.mark_in_flight([])
+                return
+        self.spool.commit(batch)
+        self.spool.mark_in_flight([])
+        self._on_commit()
+
+    def _send_all(self, events: list[Entry]) -> bool:
+        stack = [events]
+        while stack:
+            part = stack.pop()
+            outcome, status, body = self._send(part)
+            if outcome == _Outcome.OK:
+                continue
+            if outcome == _Outcome.ABANDON:
+                return False
+            if outcome in (_Outcome.SPLIT, _Outcome.BISECT) and len(part) > 1:
+                mid = len(part) // 2
+                stack.append(part[mid:])
+                stack.append(part[:mid])
+                continue
+            reason = "oversize" if outcome == _Outcome.SPLIT else "rejected"
+            self._dead_letter(part, status, body)
+            self.counters.drop(reason, len(part))
+        return True
+
+    def _send(self, events: list[Entry]) -> tuple[str, int | None, str]:
+        attempt = 0
+        first_failure: float | None = None
+        while True:
+            if self._stopping.is_set() and self.deadline is not None and time.monotonic() >= self.deadline:
+                return _Outcome.ABANDON, None, ""
+            wait = self.rate_limit.remaining(time.monotonic())
+            if wait > 0:
+                self._interruptible_wait(wait)
+                continue
+            events = self._drop_expired(events)
+            if not events:
+                return _Outcome.OK, None, ""
+            status, body, error, retry_after = self._post(events)
+            c = self.counters
+            c.requests += 1
+            c.last_status = status
+            c.last_error = error
+            if status is not None and 200 <= status < 300:
+                c.uploaded += len(events)
+                c.batches += 1
+                self._auth_warned = False
+                self._hook("on_delivery", events, status, None, ok=True)
+                return _Outcome.OK, status, body
+            self._hook("on_error", events, status, error or body[:500], ok=False)
+            self._hook("on_delivery", events, status, error or body[:500], ok=False)
+            if status is not None and is_auth_status(status):
+                c.drop("auth_paused_batches", 0)
+                c.dropped.setdefault("auth_failures", 0)
+                c.dropped["auth_failures"] += 1
+                if not self._auth_warned:
+                    self._auth_warned = True
+                    logger.error("the endpoint refused the write key (HTTP %s): delivery paused, "
+                                 "events kept in the spool; check write_key", status)
+                if not self._interruptible_wait(min(_AUTH_PAUSE, next_delay(
+                        attempt, retry_after=None, base=self.options.retry_base, cap=self.options.retry_cap))):
+                    attempt += 1
+                continue
+            if status is not None and is_size_rejection(status, body):
+                return _Outcome.SPLIT, status, body
+            if status is None or is_retryable_status(status):
+                now = time.time()
+                if first_failure is None:
+                    first_failure = now
+                ra = parse_retry_after(retry_after, now) if retry_after is not None else None
+                delay = next_delay(attempt, retry_after=ra, base=self.options.retry_base, cap=self.options.retry_cap)
+                # one rate-limit state for the host: nothing goes out before it expires
+                self.rate_limit.hold(delay, time.monotonic())
+                c.retries += 1
+                attempt += 1
+                logger.info("delivery failed (%s); retry %d in %.2fs", error or status, attempt, delay)
+                continue
+            return _Outcome.BISECT, status, body
+
+    def _drop_expired(self, events: list[Entry]) -> list[Entry]:
+        max_age = self.options.max_event_age
+        if max_age is None:
+            return events
+        now = time.time()
+        keep = [e for e in events if now - e.ts <= max_age]
+        if len(keep) != len(events):
+            self.counters.drop("expired", len(events) - len(keep))
+            for e in events:
+                if now - e.ts > max_age:
+                    e.payload = None
+        return keep
+
+    def _post(self, events: list[Entry]) -> tuple[int | None, str, str | None, str | None]:
+        req = self.encoder.request_parts([e.wire for e in events], sent_at=time.time())
+        headers = dict(req.headers)
+        body = req.body
+        if self.options.gzip:
+            comp = zlib.compressobj(6, zlib.DEFLATED, 31)
+            body = comp.compress(body) + comp.flush()
+            headers["Content-Encoding"] = "gzip"
+        try:
+            resp = self._http.post(self.url, content=body, headers=headers)
+        except httpx.TimeoutException as exc:
+            return None, "", f"timeout: {type(exc).__name__}", None
+        except httpx.HTTPError as exc:
+            return None, "", f"{type(exc).__name__}: {exc}", None
+        return resp.status_code, resp.text[:2000], None, resp.headers.get("retry-after")
+
+    def _interruptible_wait(self, seconds: float) -> bool:
+        """Wait, but return early (True) when stopping and the deadline is near."""
+        if self._stopping.is_set() and self.deadline is not None:
+            seconds = min(seconds, max(0.0, self.deadline - time.monotonic()))
+        return self._stopping.wait(seconds)
+
+    # --- outcomes -------------------------------------------------------------------------
+
+    def _dead_letter(self, events: list[Entry], status: int | None, body: str) -> None:
+        lines = []
+        at = format_timestamp(time.time())
+        for e in events:
+            lines.append(json.dumps({"at": at, "status": status, "reason": body[:2000],
+                                     "message_id": e.message_id,
+                                     "event": json.loads(e.wire) if e.wire else None}))
+        try:
+            fd = os.open(self._deadletter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                os.write(fd, ("\n".join(lines) + "\n").encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            logger.error("cannot write the dead-letter file %s: %s", self._deadletter_path, exc)
+        logger.warning("%d event(s) refused by the endpoint (HTTP %s): %s; see %s",
+                       len(events), status, body[:200], self._deadletter_path)
+
+    def _hook(self, name: str, events: list[Entry], status: int | None, error: str | None, *, ok: bool) -> None:
+        fn = self._hooks.get(name)
+        if fn is None:
+            return
+        outcome = {"ok": ok, "status": status, "error": error, "count": len(events),
+                   "message_ids": [e.message_id for e in events]}
+        try:
+            fn(outcome)
+        except Exception:  # noqa: BLE001 - a user's hook must not stop delivery
+            self.counters.drop("hook_errors", 0)
+            self.counters.dropped["hook_errors"] = self.counters.dropped.get("hook_errors", 0) + 1
+            logger.exception("%s hook raised; delivery goes on", name)
+
+
+def _load_hook(path: str | None, name: str) -> Callable[[dict[str, Any]], Any] | None:
+    if not path:
+        return None
+    module, _, attr = path.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except Exception:  # noqa: BLE001 - report and run without the hook
+        logger.exception("cannot import the %s hook %r; running without it", name, path)
+        return None
+    if not callable(fn):
+        logger.error("the %s hook %r is not callable; running without it", name, path)
+        return None
+    return fn  # type: ignore[no-any-return]
