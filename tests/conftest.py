@@ -1,0 +1,71 @@
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+import mpsender  # noqa: E402
+from mpsender import _api  # noqa: E402
+from mpsender._collector import Collector  # noqa: E402
+from support import kill_senders  # noqa: E402
+
+
+@pytest.fixture
+def runtime_dir() -> Iterator[str]:
+    """A private runtime directory with a short path (socket paths must fit in 107 bytes);
+    every sender started under it is ended at teardown."""
+    path = tempfile.mkdtemp(prefix="mps-", dir="/tmp")
+    try:
+        yield path
+    finally:
+        kill_senders(path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[Collector]:
+    """A real HTTP collector on 127.0.0.1 storing to SQLite."""
+    c = Collector(tmp_path / "events.db")
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+@pytest.fixture
+def client_factory(collector: Collector, runtime_dir: str) -> Iterator[object]:
+    """Build Clients pointed at the collector; shut down at teardown."""
+    made: list[mpsender.Client] = []
+
+    def make(**options: object) -> mpsender.Client:
+        options.setdefault("write_key", "test-key")
+        options.setdefault("endpoint", collector.url)
+        options.setdefault("runtime_dir", runtime_dir)
+        options.setdefault("linger", 2.0)
+        options.setdefault("flush_interval", 0.05)
+        client = mpsender.Client(**options)  # type: ignore[arg-type]
+        made.append(client)
+        return client
+
+    yield make
+    for client in made:
+        client.shutdown(timeout=0.0)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_module_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test starts with no process-wide client and no MPSENDER_* variables."""
+    for name in list(os.environ):
+        if name.startswith("MPSENDER_"):
+            monkeypatch.delenv(name)
+    _api._reset_for_tests()
+    yield
+    _api._reset_for_tests()

@@ -1,0 +1,99 @@
+"""Helpers shared by the test suite: waiting without sleeping blindly, finding and
+ending the senders a test started, running an application as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, interval: float = 0.01) -> bool:
+    """Poll ``predicate`` until it is truthy or ``timeout`` passes; True if it became truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(min(interval, max(0.0, deadline - time.monotonic())))
+        interval = min(interval * 1.5, 0.1)
+
+
+def sender_infos(runtime_dir: str | os.PathLike[str]) -> list[dict[str, object]]:
+    """The sender.json of every sender running under ``runtime_dir``."""
+    out = []
+    for info in Path(runtime_dir).glob("*/sender.json"):
+        try:
+            out.append(json.loads(info.read_text()))
+        except (OSError, ValueError):
+            continue
+    return out
+
+
+def live_sender_pids(runtime_dir: str | os.PathLike[str]) -> set[int]:
+    """Pids of live sender processes whose socket lives under ``runtime_dir``."""
+    pids = set()
+    root = str(runtime_dir)
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        cmd = proc.info["cmdline"] or []
+        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        if "mpsender._sender" in cmd and any(arg.startswith(root) for arg in cmd):
+            pids.add(proc.info["pid"])
+    return pids
+
+
+def kill_senders(runtime_dir: str | os.PathLike[str], timeout: float = 5.0) -> None:
+    """End every sender under ``runtime_dir``, by pid."""
+    pids = live_sender_pids(runtime_dir)
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    psutil.wait_procs([p for p in (_proc(pid) for pid in pids) if p is not None], timeout=timeout)
+
+
+def _proc(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def app_env(endpoint: str, runtime_dir: str, **options: object) -> dict[str, str]:
+    """Environment for an application subprocess configured through MPSENDER_*."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MPSENDER_")}
+    env["MPSENDER_ENDPOINT"] = endpoint
+    env["MPSENDER_WRITE_KEY"] = str(options.pop("write_key", "test-key"))
+    env["MPSENDER_RUNTIME_DIR"] = runtime_dir
+    for name, value in options.items():
+        env[f"MPSENDER_{name.upper()}"] = str(value)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    return env
+
+
+def run_app(code: str, env: Mapping[str, str], timeout: float = 60.0,
+            args: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` (dedented) in a fresh interpreter; its output is returned, not printed."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code), *(args or [])],
+        env=dict(env), capture_output=True, text=True, timeout=timeout, cwd=str(REPO),
+    )
+
+
+def check(proc: subprocess.CompletedProcess[str]) -> str:
+    """Assert a subprocess succeeded, showing its output when it did not."""
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    return proc.stdout
