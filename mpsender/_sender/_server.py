@@ -180,7 +180,7 @@ class Server:
         if not self._conns:
             self._last_client_left = time.monotonic()
         # its file is final now, perhaps: let the uploader look
-        self.uploader.wake()
+        self.uploader.client_left()
 
     def _read(self, conn: _Conn) -> None:
         buf = self._buf

@@ -106,6 +106,11 @@ class Uploader(threading.Thread):
     def wake(self) -> None:
         self._wake.set()
 
+    def client_left(self) -> None:
+        """A client disconnected: its file may be deletable now."""
+        self._next_housekeeping = 0.0
+        self._wake.set()
+
     def stop(self, deadline: float) -> None:
         """Send what can be sent before ``deadline`` (monotonic), then end."""
         self.deadline = deadline
@@ -129,6 +134,10 @@ class Uploader(threading.Thread):
                         break
         finally:
             self._http.close()
+            try:
+                self.spool.finish_files()  # delete what this sender finished, before it goes
+            except Exception:  # noqa: BLE001 - best effort at exit; the next sender retries
+                logger.exception("final clean-up of the spool failed")
 
     def _housekeeping(self, now: float) -> None:
         if now < self._next_housekeeping:

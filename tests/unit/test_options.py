@@ -1,0 +1,104 @@
+"""Options: explicit arguments over MPSENDER_* over defaults; bad values named."""
+
+import logging
+
+import pytest
+
+from mpsender import ConfigurationError
+from mpsender._options import Options, env_disabled, resolve_options
+from mpsender._paths import destination_id, paths_for
+
+BASE = {"write_key": "k", "endpoint": "http://127.0.0.1:1"}
+
+
+def test_missing_write_key_says_how_to_provide_it() -> None:
+    """No write key: a ValueError naming the argument and the environment variable."""
+    with pytest.raises(ValueError, match=r"write_key is missing.*MPSENDER_WRITE_KEY"):
+        resolve_options({"endpoint": "http://127.0.0.1:1"}, environ={})
+
+
+def test_missing_endpoint_says_how_to_provide_it() -> None:
+    """No endpoint: a ValueError naming the argument and the environment variable."""
+    with pytest.raises(ValueError, match=r"endpoint is missing.*MPSENDER_ENDPOINT"):
+        resolve_options({"write_key": "k"}, environ={})
+
+
+def test_environment_supplies_every_option() -> None:
+    """MPSENDER_* variables fill options, parsed by type."""
+    env = {
+        "MPSENDER_WRITE_KEY": "wk", "MPSENDER_ENDPOINT": "https://e.invalid", "MPSENDER_BATCH_SIZE": "7",
+        "MPSENDER_FLUSH_INTERVAL": "0.25", "MPSENDER_GZIP": "no", "MPSENDER_FSYNC_INTERVAL": "none",
+        "MPSENDER_HEADERS": "X-A: 1; X-B: two", "MPSENDER_FORMAT": "posthog",
+    }
+    o = resolve_options({}, environ=env)
+    assert (o.write_key, o.endpoint, o.batch_size, o.flush_interval, o.gzip, o.format) == (
+        "wk", "https://e.invalid", 7, 0.25, False, "posthog")
+    assert o.fsync_interval is None
+    assert dict(o.headers) == {"X-A": "1", "X-B": "two"}
+
+
+def test_explicit_argument_wins_over_environment() -> None:
+    """An explicit argument overrides the environment."""
+    o = resolve_options({**BASE, "batch_size": 5}, environ={"MPSENDER_BATCH_SIZE": "9"})
+    assert o.batch_size == 5
+
+
+def test_bad_environment_value_warns_and_falls_back(caplog: pytest.LogCaptureFixture) -> None:
+    """A bad MPSENDER_* value logs a warning naming it and the default is used."""
+    with caplog.at_level(logging.WARNING, logger="mpsender"):
+        o = resolve_options(BASE, environ={"MPSENDER_BATCH_SIZE": "lots", "MPSENDER_LINGER": "-3"})
+    assert (o.batch_size, o.linger) == (100, 30.0)  # the defaults
+    text = caplog.text
+    assert "MPSENDER_BATCH_SIZE" in text and "MPSENDER_LINGER" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("batch_size", 0, "batch_size must be a positive int"),
+        ("batch_size", True, "batch_size must be a positive int"),
+        ("format", "xml", "format must be one of segment, posthog, json"),
+        ("endpoint", "ftp://x", "endpoint must start with http"),
+        ("flush_interval", -1.0, "flush_interval must be a positive number of seconds"),
+        ("linger", float("nan"), "linger must be a number of seconds"),
+        ("on_error", "not_an_import_path", "on_error must be an import path"),
+        ("max_message_bytes", 10_000_000, "must not exceed batch_bytes"),
+        ("path", "v1/batch", "path must start with '/'"),
+    ],
+)
+def test_bad_explicit_argument_raises_naming_the_field(name: str, value: object, message: str) -> None:
+    """A bad explicit option raises ConfigurationError (a ValueError) naming the field."""
+    with pytest.raises(ConfigurationError, match=message):
+        resolve_options({**BASE, name: value}, environ={})
+
+
+def test_unknown_option_is_named() -> None:
+    """A misspelt option is refused with its name."""
+    with pytest.raises(ConfigurationError, match="unknown option.*batchsize"):
+        resolve_options({**BASE, "batchsize": 3}, environ={})
+
+
+@pytest.mark.parametrize("raw", ["1", "true", "YES", "on"])
+def test_disabled_values(raw: str) -> None:
+    """MPSENDER_DISABLED accepts 1/true/yes/on in any case."""
+    assert env_disabled({"MPSENDER_DISABLED": raw})
+
+
+def test_disabled_needs_no_key() -> None:
+    """A disabled client needs neither a key nor an endpoint."""
+    assert resolve_options({"disabled": True}, environ={}).disabled
+
+
+def test_destination_id_separates_destinations() -> None:
+    """Same destination, same id; another key, endpoint or format, another id."""
+    a = Options(**BASE)
+    assert destination_id(a) == destination_id(Options(**BASE, batch_size=3))
+    assert destination_id(a) != destination_id(Options(write_key="other", endpoint=BASE["endpoint"]))
+    assert destination_id(a) != destination_id(Options(**{**BASE, "endpoint": "http://127.0.0.1:2"}))
+    assert destination_id(a) != destination_id(Options(**BASE, format="json"))
+
+
+def test_runtime_dir_too_long_for_a_socket_is_refused() -> None:
+    """A runtime_dir whose socket path would not fit in sun_path is named."""
+    with pytest.raises(ConfigurationError, match="too long"):
+        paths_for(Options(**BASE, runtime_dir="/tmp/" + "x" * 120))
