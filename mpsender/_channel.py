@@ -196,7 +196,6 @@ class Channel:
             except OSError as exc:
                 self._wal_retry_at = now + CHECK_INTERVAL
                 self._warn_once("wal", "cannot write to the spool %s (%s); sending over the socket", spool, exc)
-                self._count("spool_unavailable_app")
                 return -1
             self._fd = fd
             self._wal_name = name
@@ -255,23 +254,29 @@ class Channel:
         if self._retired:
             self._close_retired(now)
         _spawn.reap()
-        sock = self._sock
-        if sock is not None:
-            try:
-                if sock.recv(1, socket.MSG_PEEK | _MSG_DONTWAIT):
-                    return  # a reply is waiting: alive
-            except BlockingIOError:
-                return  # nothing to read: alive
-            except OSError:
-                pass
-            self._drop_socket()
+        if self._sock is not None and not self._alive():
             logger.info("the sender went away; looking for a new one")
         self.connect(wait=0.0)
+
+    def _alive(self) -> bool:
+        """Is our connection still open at the other end? Drops it if not."""
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            if sock.recv(1, socket.MSG_PEEK | _MSG_DONTWAIT):
+                return True  # a reply is waiting
+        except BlockingIOError:
+            return True  # nothing to read, not closed
+        except OSError:
+            pass
+        self._drop_socket()
+        return False
 
     def connect(self, *, wait: float) -> bool:
         """Connect, starting a sender if none runs. With ``wait``, block up to that long."""
         with self._setup_lock:
-            if self._sock is not None:
+            if self._alive():
                 return True
             if self._try_connect():
                 return True

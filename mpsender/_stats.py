@@ -47,8 +47,12 @@ class SenderStats:
     pending: int
     pending_bytes: int
     spool_bytes: int
-    #: events dropped, by reason, total (expired, rejected, spool_full, corrupt, ...)
+    #: events lost for good, by reason, total (expired, rejected, oversize, spool_full,
+    #: corrupt, memory_full, undecodable)
     dropped: Mapping[str, int]
+    #: trouble that lost no event, total (auth_failures, spool_unavailable,
+    #: refused_connections, hook_errors, bad_frames)
+    incidents: Mapping[str, int]
     connections: int
     last_status: int | None
     last_error: str | None

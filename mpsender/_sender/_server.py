@@ -69,7 +69,7 @@ class Server:
         self._next_save = time.monotonic() + _SAVE_EVERY
         self.socket_path = os.path.join(dest, "sender.sock")
         self._bell = _doorbell(os.path.join(dest, "doorbell"))
-        self.uploader = Uploader(options, self.spool, self.counters, self._poke, self._bell)
+        self.uploader = Uploader(options, self.spool, self.counters, self._poke, self._bell, self._save_state)
         self._listener: socket.socket | None = None
 
     # --- start --------------------------------------------------------------------------
@@ -162,7 +162,7 @@ class Server:
             if uid != os.getuid():
                 logger.warning("refused a connection from uid %d (pid %d): only uid %d may send here",
                                uid, pid, os.getuid())
-                self.counters.dropped["refused_connections"] = self.counters.dropped.get("refused_connections", 0) + 1
+                self.counters.incident("refused_connections")
                 sock.close()
                 continue
             sock.setblocking(False)
@@ -206,7 +206,7 @@ class Server:
             msg = msgpack.unpackb(data, raw=False)
             kind = msg[0]
         except Exception:  # noqa: BLE001 - garbage from a client is counted and skipped
-            self.counters.dropped["bad_frames"] = self.counters.dropped.get("bad_frames", 0) + 1
+            self.counters.incident("bad_frames")
             return
         if kind == WAKE:
             self.uploader.wake()
@@ -266,8 +266,9 @@ class Server:
         c = self.counters
         spool = self.spool
         dropped = dict(c.dropped)
+        incidents = dict(c.incidents)
         for reason, n in spool.counters.extra.items():
-            dropped[reason] = dropped.get(reason, 0) + n
+            incidents[reason] = incidents.get(reason, 0) + n
         if spool.counters.corrupt:
             dropped["corrupt"] = dropped.get("corrupt", 0) + spool.counters.corrupt
         pending_bytes = spool.pending_bytes()
@@ -278,6 +279,7 @@ class Server:
             "pending": len(spool.mem) + sum(len(wf.buffered) for wf in list(spool.files.values())),
             "pending_bytes": pending_bytes, "spool_bytes": spool.disk_bytes(),
             "dropped": {k: v for k, v in dropped.items() if v},
+            "incidents": {k: v for k, v in incidents.items() if v},
             "connections": len(self._conns), "last_status": c.last_status, "last_error": c.last_error,
             "rate_limited_for": self.uploader.rate_limit.remaining(time.monotonic()),
             "destination": self.options.redacted_endpoint(), "version": __version__,
@@ -300,13 +302,16 @@ class Server:
         c.requests = int(state.get("requests", 0))
         c.retries = int(state.get("retries", 0))
         c.dropped = {str(k): int(v) for k, v in state.get("dropped", {}).items()}
+        c.incidents = {str(k): int(v) for k, v in state.get("incidents", {}).items()}
         self.spool.counters.corrupt = int(state.get("corrupt", 0))
         self.spool.counters.extra = {str(k): int(v) for k, v in state.get("spool", {}).items()}
 
     def _save_state(self) -> None:
         c = self.counters
+        c.dirty = False
         state = {"uploaded": c.uploaded, "batches": c.batches, "requests": c.requests,
-                 "retries": c.retries, "dropped": c.dropped, "corrupt": self.spool.counters.corrupt,
+                 "retries": c.retries, "dropped": c.dropped, "incidents": c.incidents,
+                 "corrupt": self.spool.counters.corrupt,
                  "spool": self.spool.counters.extra, "saved_at": time.time()}
         path = os.path.join(self.spool.dir, _STATE)
         try:

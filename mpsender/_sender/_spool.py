@@ -50,7 +50,8 @@ class WalFile:
     read_pos: int = 0
     final: bool = False      # the writer has let go: no byte will be added
     size: int = 0            # last size seen
-    taken: int = 0           # end of the last record handed to the uploader
+    taken: int = 0           # end of the last record handed out (or dropped)
+    outstanding: int = 0     # records handed to the uploader and not yet committed
     buffered: collections.deque[Entry] = field(default_factory=collections.deque)
 
 
@@ -68,13 +69,12 @@ class Spool:
         self._lock = threading.Lock()  # the IO thread asks about commits while the uploader works
         self._rr = 0
         self.counters = SpoolCounters()
+        self.dirty = False  # corruption counted since the last save of the counters
         self.mem: collections.deque[tuple[int, bytes]] = collections.deque()
         self.mem_in = 0          # sequence number of the last event received over a socket
         self.mem_committed = 0
         self.mem_bytes = 0
         self._commits: dict[str, int] = {}
-        #: files with records in the batch being delivered now (set by the uploader)
-        self._in_flight: dict[str, bool] = {}
         self._load_commits()
         self._commit_fd = os.open(os.path.join(directory, _COMMITS),
                                   os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -201,6 +201,7 @@ class Spool:
                 break
             entry = wf.buffered.popleft()
             wf.taken = entry.end
+            wf.outstanding += 1
             out.append(entry)
             taken += 1
 
@@ -227,6 +228,7 @@ class Spool:
         wf.read_pos = base + result.consumed
         if result.corrupt:
             self.counters.corrupt += result.corrupt
+            self.dirty = True
             logger.warning("%s: skipped %d corrupt region(s) after offset %d", wf.name, result.corrupt, base)
         return bool(wf.buffered)
 
@@ -261,9 +263,6 @@ class Spool:
 
     # --- committing --------------------------------------------------------------------
 
-    def mark_in_flight(self, entries: list[Entry]) -> None:
-        self._in_flight = {e.source.name: True for e in entries if e.source is not None}
-
     def commit(self, entries: list[Entry]) -> None:
         marks: dict[WalFile, int] = {}
         mem_top = 0
@@ -272,8 +271,11 @@ class Spool:
                 mem_top = max(mem_top, e.end)
             else:
                 marks[e.source] = max(marks.get(e.source, 0), e.end)
+                e.source.outstanding -= 1
         with self._lock:
             for wf, end in marks.items():
+                if wf.outstanding == 0:
+                    end = max(end, wf.taken)  # past records dropped by drop_oldest, too
                 if end > wf.committed:
                     wf.committed = end
                     self._log_commit(wf.name, end)
@@ -334,6 +336,13 @@ class Spool:
     def disk_bytes(self) -> int:
         return sum(wf.size for wf in list(self.files.values()))
 
+    def unread_bytes(self) -> int:
+        """Bytes not yet handed to the uploader: what max_spool_bytes bounds."""
+        total = self.mem_bytes
+        for wf in list(self.files.values()):
+            total += max(0, wf.size - max(wf.taken, wf.committed))
+        return total
+
     def drop_oldest(self, excess: int) -> int:
         """Drop records not yet handed out, oldest files first, until ``excess`` bytes
         are gone. Returns how many events were dropped (the caller counts spool_full)."""
@@ -345,7 +354,7 @@ class Spool:
                 wf.taken = entry.end
                 if entry.payload is not None:
                     dropped += 1
-            if wf.taken > wf.committed and not self._in_flight.get(wf.name):
+            if wf.outstanding == 0 and wf.taken > wf.committed:
                 with self._lock:
                     wf.committed = wf.taken
                 self._log_commit(wf.name, wf.committed)

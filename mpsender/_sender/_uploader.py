@@ -51,13 +51,21 @@ class Counters:
         self.batches = 0
         self.requests = 0
         self.retries = 0
+        #: events lost for good, by reason
         self.dropped: dict[str, int] = {}
+        #: things that went wrong without losing an event (auth_failures, hook_errors, ...)
+        self.incidents: dict[str, int] = {}
         self.last_status: int | None = None
         self.last_error: str | None = None
+        self.dirty = False  # a drop happened since the last save
 
     def drop(self, reason: str, n: int = 1) -> None:
         if n:
             self.dropped[reason] = self.dropped.get(reason, 0) + n
+            self.dirty = True
+
+    def incident(self, reason: str, n: int = 1) -> None:
+        self.incidents[reason] = self.incidents.get(reason, 0) + n
 
 
 class _Outcome:
@@ -70,12 +78,14 @@ class _Outcome:
 
 class Uploader(threading.Thread):
     def __init__(self, options: Options, spool: Spool, counters: Counters,
-                 on_commit: Callable[[], None], doorbell: Any) -> None:
+                 on_commit: Callable[[], None], doorbell: Any,
+                 save_state: Callable[[], None] = lambda: None) -> None:
         super().__init__(name="mpsender-uploader", daemon=True)
         self.options = options
         self.spool = spool
         self.counters = counters
         self._on_commit = on_commit
+        self._save_state = save_state
         self._bell = doorbell
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -127,6 +137,9 @@ class Uploader(threading.Thread):
                     break
                 try:
                     self._deliver(batch)
+                    if self.counters.dirty or self.spool.dirty:
+                        self.spool.dirty = False
+                        self._save_state()  # loss accounting survives even a SIGKILL
                 except Exception:  # noqa: BLE001 - one bad batch must not stop delivery
                     logger.exception("delivering a batch failed; it stays in the spool")
                     self._interruptible_wait(1.0)
@@ -146,7 +159,12 @@ class Uploader(threading.Thread):
         spool = self.spool
         spool.discover()
         spool.finish_files()
-        excess = spool.pending_bytes() - self.options.max_spool_bytes
+        for wf in list(spool.files.values()):
+            try:
+                wf.size = os.fstat(wf.fd).st_size
+            except OSError:
+                continue  # gone: finish_files deals with it
+        excess = spool.unread_bytes() - self.options.max_spool_bytes
         if excess > 0:
             n = spool.drop_oldest(excess)
             if n:
@@ -217,6 +235,7 @@ class Uploader(threading.Thread):
                 e.wire = encode(rec)
             except Exception as exc:  # noqa: BLE001 - a record we cannot read is dead-lettered, not retried
                 self._dead_letter([e], None, f"undecodable record: {exc!r}")
+                self.counters.drop("undecodable")
                 e.payload = None
                 skipped.append(e)
                 continue
@@ -255,15 +274,9 @@ class Uploader(threading.Thread):
 
     def _deliver(self, batch: list[Entry]) -> None:
         events = [e for e in batch if e.payload is not None]
-        self.spool.mark_in_flight(batch)
-        if events:
-            settled = self._send_all(events)
-            if not settled:
-                # shutting down before it could be sent: it stays in the spool
-                self.spool.mark_in_flight([])
-                return
+        if events and not self._send_all(events):
+            return  # shutting down before it could be sent: it stays in the spool
         self.spool.commit(batch)
-        self.spool.mark_in_flight([])
         self._on_commit()
 
     def _send_all(self, events: list[Entry]) -> bool:
@@ -291,9 +304,10 @@ class Uploader(threading.Thread):
         while True:
             if self._stopping.is_set() and self.deadline is not None and time.monotonic() >= self.deadline:
                 return _Outcome.ABANDON, None, ""
+            self._housekeeping(time.monotonic())  # an outage is when the bound matters most
             wait = self.rate_limit.remaining(time.monotonic())
             if wait > 0:
-                self._interruptible_wait(wait)
+                self._interruptible_wait(min(wait, HOUSEKEEPING))
                 continue
             events = self._drop_expired(events)
             if not events:
@@ -312,9 +326,7 @@ class Uploader(threading.Thread):
             self._hook("on_error", events, status, error or body[:500], ok=False)
             self._hook("on_delivery", events, status, error or body[:500], ok=False)
             if status is not None and is_auth_status(status):
-                c.drop("auth_paused_batches", 0)
-                c.dropped.setdefault("auth_failures", 0)
-                c.dropped["auth_failures"] += 1
+                c.incident("auth_failures")
                 if not self._auth_warned:
                     self._auth_warned = True
                     logger.error("the endpoint refused the write key (HTTP %s): delivery paused, "
@@ -403,8 +415,7 @@ class Uploader(threading.Thread):
         try:
             fn(outcome)
         except Exception:  # noqa: BLE001 - a user's hook must not stop delivery
-            self.counters.drop("hook_errors", 0)
-            self.counters.dropped["hook_errors"] = self.counters.dropped.get("hook_errors", 0) + 1
+            self.counters.incident("hook_errors")
             logger.exception("%s hook raised; delivery goes on", name)
 
 

@@ -1,0 +1,404 @@
+"""Durability: a failing, refusing, hanging or absent endpoint, a killed sender, a
+corrupt or full spool. Every case is a real fault injected into real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+import mpsender
+from mpsender._collector import Collector, Faults
+from mpsender._events import pack
+from mpsender._framing import frame
+from mpsender._options import Options
+from mpsender._paths import paths_for
+from support import app_env, check, live_sender_pids, run_app, wait_for
+
+FAST_RETRY = {"retry_base": 0.02, "retry_cap": 0.2}
+
+
+def _unique(c: Collector) -> set[str]:
+    return set(c.message_ids())
+
+
+def _deadletters(client: mpsender.Client) -> list[dict[str, object]]:
+    path = client.paths.spool / "deadletter.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+# --- a failing endpoint -------------------------------------------------------------------
+
+@pytest.mark.parametrize(
+    "faults",
+    [Faults(fail_first=5, fail_status=503), Faults(fail_rate=0.3, fail_status=500, seed=7)],
+    ids=["503-first-5", "500-30pct"],
+)
+def test_failing_endpoint_loses_nothing(faults: Faults, client_factory, collector: Collector) -> None:
+    """503 to the first requests, or 500 to 30% of them: every event delivered, once."""
+    collector.set_faults(faults)
+    client = client_factory(batch_size=20, **FAST_RETRY)
+    for i in range(300):
+        client.track("E", user_id="u", properties={"i": i})
+    assert client.flush(timeout=30)
+    assert len(_unique(collector)) == 300 and collector.count() == 300  # refused batches are not stored
+    failed = [r for r in collector.requests() if r.status != 200]
+    assert failed, "the fault was not exercised"
+    assert client.stats().sender.retries >= len(failed)
+
+
+def test_retry_after_holds_every_request_until_it_expires(client_factory, collector: Collector) -> None:
+    """429 with Retry-After: 1: no request leaves the sender before it expires."""
+    collector.set_faults(Faults(fail_first=2, fail_status=429, retry_after="1"))
+    client = client_factory(batch_size=10, **FAST_RETRY)
+    for i in range(50):
+        client.track("E", user_id="u", properties={"i": i})
+    assert client.flush(timeout=30)
+    assert len(_unique(collector)) == 50
+    reqs = sorted(collector.requests(), key=lambda r: r.arrived_at)
+    for prev, nxt in zip(reqs, reqs[1:]):
+        if prev.status == 429:
+            assert nxt.arrived_at - prev.arrived_at >= 0.95, (prev, nxt)
+
+
+def test_outage_while_apps_exit_then_everything_arrives(collector: Collector, runtime_dir: str,
+                                                        tmp_path: Path) -> None:
+    """The collector is down for 20 s while 4 processes track 20k events and exit: all
+    20k arrive once it is back."""
+    env = app_env(collector.url, runtime_dir, flush_interval=0.05, retry_base=0.05, retry_cap=1.0, linger=120)
+    check(run_app("import mpsender; mpsender.init()", env))  # the sender is up
+    port = collector.port
+    collector.stop()
+    down_at = time.monotonic()
+    code = """
+import sys, time, mpsender
+n = int(sys.argv[1])
+started = time.monotonic()
+for i in range(5000):
+    mpsender.track("outage", user_id=f"p{n}", properties={"n": n, "i": i})
+print(time.monotonic() - started)
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(n)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n in range(4)]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert float(out) < 5.0  # tracking does not wait for the endpoint
+    assert time.monotonic() - down_at < 20
+    back = Collector(tmp_path / "after.db", port=port)
+    remaining = 20 - (time.monotonic() - down_at)
+    if remaining > 0:
+        time.sleep(remaining)  # the outage itself: the collector stays down for 20 s
+    back.start()
+    try:
+        assert back.wait_for(lambda c: len(set(c.message_ids())) >= 20_000, timeout=60)
+        assert len(set(back.message_ids())) == 20_000
+        assert len(back.message_ids()) == 20_000
+    finally:
+        back.stop()
+
+
+# --- a refusing endpoint -----------------------------------------------------------------
+
+def test_poison_event_is_isolated_in_the_dead_letter_file(client_factory, collector: Collector) -> None:
+    """One event the endpoint refuses in a batch of 100: 99 delivered, 1 dead-lettered with
+    the status and the reason, counted as rejected."""
+    collector.set_faults(Faults(reject_event="poison"))
+    client = client_factory(batch_size=100, flush_interval=30)
+    for i in range(100):
+        client.track("poison" if i == 37 else "fine", user_id="u", properties={"i": i})
+    assert client.flush(timeout=30)
+    assert collector.count() == 99
+    assert 37 not in {e["properties"]["i"] for e in collector.events()}
+    (dead,) = _deadletters(client)
+    assert dead["status"] == 400 and "poison" in str(dead["reason"])
+    assert dead["event"]["properties"] == {"i": 37}  # type: ignore[index]
+    assert client.stats().sender.dropped == {"rejected": 1}
+
+
+def test_oversize_batch_is_split(client_factory, collector: Collector) -> None:
+    """413 for a large body: the sender splits the batch and delivers every event."""
+    collector.set_faults(Faults(max_body_bytes=6_000))
+    client = client_factory(batch_size=100, flush_interval=30)
+    for i in range(100):
+        client.track("E", user_id="u", properties={"i": i, "pad": "p" * 100})
+    assert client.flush(timeout=30)
+    assert len(_unique(collector)) == 100
+    assert any(r.status == 413 for r in collector.requests())
+    assert not client.stats().sender.dropped
+
+
+def test_auth_failure_pauses_and_keeps_the_data(client_factory, collector: Collector) -> None:
+    """401: nothing is dropped, the failure is counted; a fixed key delivers everything."""
+    collector.set_faults(Faults(status=401))
+    client = client_factory(retry_base=0.05, retry_cap=0.2)
+    for i in range(20):
+        client.track("E", user_id="u", properties={"i": i})
+    assert not client.flush(timeout=1.0)
+    stats = client.stats().sender
+    assert stats.incidents.get("auth_failures", 0) >= 1 and not stats.dropped
+    collector.set_faults(Faults())
+    assert client.flush(timeout=20)
+    assert len(_unique(collector)) == 20
+
+
+# --- a hanging endpoint --------------------------------------------------------------------
+
+def test_hanging_endpoint_never_slows_the_app_and_the_sender_meets_its_deadline(
+        collector: Collector, runtime_dir: str) -> None:
+    """The collector accepts and never answers: an app exits as fast as without
+    mpsender, the sender's shutdown meets its deadline, the events wait in the spool and
+    the next sender delivers them."""
+    collector.set_faults(Faults(hang=True))
+    env = app_env(collector.url, runtime_dir, flush_interval=0.05, request_timeout=30,
+                  shutdown_timeout=1.0, linger=60)
+    check(run_app("import mpsender; mpsender.init()", env))
+    with_mpsender = """
+import time, mpsender
+t = time.monotonic()
+mpsender.init()
+for i in range(100):
+    mpsender.track("hang", user_id="u", properties={"i": i})
+print(time.monotonic() - t)
+"""
+    without = """
+import time, json
+t = time.monotonic()
+for i in range(100):
+    json.dumps({"i": i})
+print(time.monotonic() - t)
+"""
+    t0 = time.monotonic()
+    inner = float(check(run_app(with_mpsender, env)))
+    wall_with = time.monotonic() - t0
+    t0 = time.monotonic()
+    check(run_app(without, env))
+    wall_without = time.monotonic() - t0
+    assert inner < 0.5
+    assert wall_with - wall_without < 1.0, (wall_with, wall_without)
+    assert wait_for(lambda: any(r.status is None for r in collector.requests()), timeout=10)
+    (pid,) = live_sender_pids(runtime_dir)
+    stopped_at = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    assert wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+                    timeout=5)
+    assert time.monotonic() - stopped_at < 2.5  # shutdown_timeout 1 s, not request_timeout 30 s
+    assert collector.count() == 0
+    collector.set_faults(Faults())
+    check(run_app("import mpsender, sys; mpsender.init(); sys.exit(0 if mpsender.get_client().start(10) else 1)", env))
+    assert collector.wait_for(lambda c: len(set(c.message_ids())) >= 100, timeout=30)
+    assert len(_unique(collector)) == 100
+
+
+# --- a killed sender ------------------------------------------------------------------------
+
+def test_sender_sigkilled_five_times_under_load_loses_nothing(collector: Collector, runtime_dir: str) -> None:
+    """SIGKILL the sender 5 times at random moments while 4 processes track: every event
+    arrives; duplicates only for batches in flight at a kill; one sender at a time."""
+    batch_size = 50
+    env = app_env(collector.url, runtime_dir, flush_interval=0.05, batch_size=batch_size, linger=30)
+    check(run_app("import mpsender; mpsender.init()", env))
+    code = """
+import sys, time, mpsender
+n = int(sys.argv[1])
+for i in range(4000):
+    mpsender.track("kill", user_id=f"p{n}", properties={"n": n, "i": i})
+    if i % 200 == 0:
+        time.sleep(0.02)  # spread the load over a few seconds
+ok = mpsender.flush(60)
+print("flushed" if ok else "not flushed")
+"""
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(n)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for n in range(4)]
+    rng = random.Random(1234)
+    killed: list[int] = []
+    seen: set[int] = set()
+    try:
+        for _ in range(5):
+            assert wait_for(lambda: live_sender_pids(runtime_dir) - set(killed), timeout=15), "no new sender"
+            pids = live_sender_pids(runtime_dir) - set(killed)
+            assert len(pids) == 1, pids  # never two senders at once
+            seen |= pids
+            time.sleep(rng.uniform(0.05, 0.4))  # a random moment, not a wait for anything
+            pid = pids.pop()
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+        outs = [p.communicate(timeout=120) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0 and out.strip() == "flushed", (out, err)
+    ids = collector.message_ids()
+    assert len(set(ids)) == 16_000
+    assert len(ids) - 16_000 <= 5 * batch_size
+    assert len(killed) == 5 and len(seen) == 5
+
+
+def test_replay_skips_garbage_and_counts_it(client_factory, collector: Collector, runtime_dir: str) -> None:
+    """A spool file left by a dead process, with garbage in it: the rest is replayed and
+    the corruption counted."""
+    opts = Options(write_key="test-key", endpoint=collector.url, runtime_dir=runtime_dir)
+    paths = paths_for(opts)
+    paths.ensure()
+    records = [pack({"t": "track", "e": "replayed", "u": "u", "m": os.urandom(16), "ts": time.time(),
+                     "p": {"i": i}}) for i in range(30)]
+    data = b"".join(frame(r) for r in records[:10]) + b"\x00\x01garbage\xfe" * 5 + \
+        b"".join(frame(r) for r in records[10:]) + b"\xffgarbage at the end"
+    (paths.spool / "99999-deadbeef-0.wal").write_bytes(data)
+    client = client_factory()
+    client.start(wait=10)
+    assert collector.wait_for(lambda c: c.count() >= 30, timeout=20)
+    assert sorted(e["properties"]["i"] for e in collector.events()) == list(range(30))
+    assert wait_for(lambda: client.stats().sender.dropped.get("corrupt") == 2, timeout=10), client.stats()
+    assert wait_for(lambda: not (paths.spool / "99999-deadbeef-0.wal").exists(), timeout=10)
+
+
+# --- bounds, expiry, persisted counters -------------------------------------------------------
+
+def test_spool_bound_drops_oldest_and_counts_it(client_factory, collector: Collector, tmp_path: Path) -> None:
+    """With the endpoint down and max_spool_bytes small, the oldest events are dropped and
+    counted as spool_full; delivered + dropped is what was tracked."""
+    client = client_factory(max_spool_bytes=20_000, batch_size=50, **FAST_RETRY)
+    client.start(wait=10)
+    port = collector.port
+    collector.stop()
+    for i in range(1000):
+        client.track("bounded", user_id="u", properties={"i": i, "pad": "x" * 60})
+    assert wait_for(lambda: client.stats().sender.dropped.get("spool_full", 0) > 0, timeout=15)
+    back = Collector(tmp_path / "back.db", port=port).start()
+    try:
+        assert client.flush(timeout=30)
+        delivered = {e["properties"]["i"] for e in back.events()}
+        dropped = client.stats().sender.dropped["spool_full"]
+        assert len(delivered) + dropped == 1000, (len(delivered), dropped)
+        assert 999 in delivered  # the newest survive: the oldest were dropped
+    finally:
+        back.stop()
+
+
+def test_expired_events_are_dropped_and_the_count_survives_a_restart(
+        client_factory, collector: Collector) -> None:
+    """An event older than max_event_age is dropped as expired; the counter is persisted
+    across sender restarts."""
+    client = client_factory(max_event_age=60.0)
+    client.track("old", user_id="u", timestamp=time.time() - 3600)
+    client.track("new", user_id="u")
+    assert client.flush(timeout=20)
+    assert [e["event"] for e in collector.events()] == ["new"]
+    first = client.stats().sender
+    assert first.dropped == {"expired": 1}
+    assert client._channel.stop_sender(timeout=10)
+    assert wait_for(lambda: not psutil.pid_exists(first.pid), timeout=10)
+    client.start(wait=10)
+    second = client.stats().sender
+    assert second.pid != first.pid and second.dropped == {"expired": 1}
+    assert second.uploaded == 1
+
+
+# --- a full or unusable disk ------------------------------------------------------------------
+
+_FULL_DISK_APP = """
+import logging, resource, signal, sys, mpsender
+logging.basicConfig(level=logging.WARNING)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # a write past the limit fails with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))  # as if the disk were full
+mpsender.init(start_timeout=float(sys.argv[1]))
+for i in range(200):
+    mpsender.track("full-disk", user_id="u", properties={"i": i})
+ok = mpsender.flush(float(sys.argv[1]) or 0.5)
+s = mpsender.stats(timeout=2).process
+print(ok, s.sent_over_socket, dict(s.dropped))
+"""
+
+
+def test_full_disk_app_sends_over_the_socket(collector: Collector, runtime_dir: str) -> None:
+    """An app that cannot write its spool file hands events over the socket; the sender
+    delivers them from memory and counts spool_unavailable; the app warns once."""
+    env = app_env(collector.url, runtime_dir, flush_interval=0.05, linger=30)
+    check(run_app("import mpsender; mpsender.init()", env))  # sender started without the limit
+    proc = run_app(_FULL_DISK_APP, env, args=["10"])
+    out = check(proc)
+    assert out.split()[:2] == ["True", "200"], out
+    assert proc.stderr.count("WARNING:mpsender._channel") == 1, proc.stderr  # logged once, not per event
+    assert len(_unique(collector)) == 200
+    code = "import mpsender; print(mpsender.init().stats().sender.incidents.get('spool_unavailable'))"
+    assert check(run_app(code, env)).strip() == "200"
+
+
+def test_full_disk_and_no_sender_drops_and_counts(collector: Collector, runtime_dir: str) -> None:
+    """With nowhere to write and no sender to take it, an event is dropped and counted
+    as spill_failed; track() still returns."""
+    env = app_env(collector.url, runtime_dir, python="/nonexistent/python")
+    out = check(run_app(_FULL_DISK_APP, env, args=["0"]))
+    assert out.strip() == "False 0 {'spill_failed': 200}", out
+
+
+def test_unusable_directories_are_named(tmp_path: Path, collector: Collector) -> None:
+    """init() with a runtime or spool directory it cannot use names the path and why."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    with pytest.raises(mpsender.ConfigurationError, match=r"a-file/rt.*Not a directory"):
+        mpsender.Client(write_key="k", endpoint=collector.url, runtime_dir=str(blocker / "rt"))
+    with pytest.raises(mpsender.ConfigurationError, match=r"a-file/spool.*Not a directory"):
+        mpsender.Client(write_key="k", endpoint=collector.url, runtime_dir=str(tmp_path / "rt"),
+                        spool_dir=str(blocker / "spool"))
+
+
+# --- security -----------------------------------------------------------------------------------
+
+def test_private_files_and_no_key_leaks(client_factory, collector: Collector) -> None:
+    """Directories are 0700, spool files 0600, and the write key appears in no argv,
+    environment, log, spool or dead-letter file (only the 0600 client config holds it)."""
+    key = "SECRET-write-key-4242"
+    collector.set_faults(Faults(reject_event="poison"))
+    client = client_factory(write_key=key)
+    client.track("poison", user_id="u")
+    client.track("fine", user_id="u")
+    assert client.flush(timeout=20)
+    pid = client.stats().sender.pid
+    proc = psutil.Process(pid)
+    assert not any(key in arg for arg in proc.cmdline())
+    assert not any(key in value for value in proc.environ().values())
+    paths = client.paths
+    for d in (paths.base, paths.dest, paths.spool):
+        assert d.stat().st_mode & 0o777 == 0o700, d
+    checked = 0
+    for f in paths.dest.rglob("*"):
+        if f.is_file() and f.name != "client.msgpack":
+            assert key.encode() not in f.read_bytes(), f
+            if f.parent == paths.spool:
+                assert f.stat().st_mode & 0o777 == 0o600, f
+            checked += 1
+    assert checked >= 5 and (paths.spool / "deadletter.jsonl").exists()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a child as another uid")
+def test_connection_from_another_uid_is_refused(client_factory) -> None:
+    """A process of another user that reaches the socket is refused (SO_PEERCRED)."""
+    client = client_factory()
+    assert client.start(wait=10)
+    paths = client.paths
+    for d in (paths.base, paths.dest):
+        os.chmod(d, 0o711)  # let the other uid reach the socket, to test the check behind it
+    os.chmod(paths.socket, 0o777)
+    code = f"""
+import os, socket
+os.setgid(65534); os.setuid(65534)
+s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s.connect({str(paths.socket)!r})
+s.settimeout(10)
+print("refused" if s.recv(100) == b"" else "accepted")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert out.stdout.strip() == "refused", out.stderr
+    assert client.stats().sender.incidents.get("refused_connections") == 1
