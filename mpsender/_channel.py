@@ -75,6 +75,7 @@ class Channel:
     def __init__(self, options: Options, paths: Paths) -> None:
         self._options = options
         self._paths = paths
+        self._journal = options.journal
         self._bell: mmap.mmap | None = None
         self._setup_lock = threading.Lock()  # only around opening files and connecting
         self._control_lock = threading.Lock()  # one flush/stats round trip at a time
@@ -130,8 +131,19 @@ class Channel:
 
     def write(self, payload: bytes, now: float) -> None:
         """Append one packed event. Never blocks on the sender, never raises."""
-        if self.pid != _getpid():
-            self._init_state()  # forked without our hook having run: start afresh
+        if not self._journal:
+            sock = self._sock
+            if sock is not None:
+                try:
+                    sock.send(payload, _MSG_DONTWAIT)
+                    self.handed += 1
+                    if now >= self._next_check:
+                        self.check(now)
+                    return
+                except BlockingIOError:
+                    pass  # the sender is behind: spill to the file
+                except OSError:
+                    self._drop_socket()
         data = _pack_header(len(payload), _crc32(payload)) + payload
         fd = self._fd
         if fd < 0:
@@ -143,7 +155,7 @@ class Channel:
                 written = -1
                 self._wal_failed(fd, exc)
             if written == len(data):
-                if self._sock is not None:
+                if self._sock is not None and self._journal:
                     self.handed += 1
                 else:
                     self.spilled += 1
@@ -333,7 +345,10 @@ class Channel:
             os.close(lock_fd)
 
     def _hello(self, sock: socket.socket) -> None:
-        sock.send(msgpack.packb([HELLO, self.pid, list(self._files), __version__]), _MSG_DONTWAIT)
+        try:
+            sock.send(msgpack.packb([HELLO, self.pid, list(self._files), __version__]), _MSG_DONTWAIT)
+        except BlockingIOError:
+            pass  # the socket is full: the sender finds the file by scanning the spool
 
     def _drop_socket(self) -> None:
         sock, self._sock = self._sock, None

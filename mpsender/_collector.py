@@ -14,9 +14,11 @@ request is recorded in memory and in SQLite, and :class:`Faults` make the server
 misbehave on purpose (outages, slow or hung answers, rejections) while it runs.
 
 The server runs in threads of the calling process: one accept thread and one
-thread per connection. SQLite does the per-event work (splitting the batch,
-picking out the columns, the insert) in one statement per request, with the GIL
-released, so a 1000-event batch costs Python one ``json.loads`` for validation.
+thread per connection. SQLite's JSON functions do the per-event work, in C with
+the GIL released: one query validates a body (outside the store's lock, so in
+parallel with the writes) and one statement splits it into rows. The events of a
+batch never become Python objects, unless the body holds what SQLite cannot read
+(NaN, say) or SQLite was built without JSON support; then Python does both.
 """
 
 from __future__ import annotations
@@ -62,9 +64,10 @@ _BATCH_METHODS: Final = frozenset({"POST"})
 class Faults:
     """Ways to make the collector misbehave; swap them live with :meth:`Collector.set_faults`.
 
-    Checked in this order for every request but ``GET /health``: ``hang``, ``delay``,
-    ``status``, then (batch requests only) ``fail_first`` and ``fail_rate``, then
-    ``max_body_bytes`` and ``reject_event`` once the body is decoded.
+    ``hang`` and ``delay`` apply to every request but ``GET /health``; the others to
+    batch requests (a POST to a format's path), in this order: ``status``,
+    ``fail_first``, ``fail_rate``, then ``max_body_bytes`` and ``reject_event`` once
+    the body is decoded. The full order is in ``docs/collector.md``.
     """
 
     fail_first: int = 0
@@ -73,7 +76,7 @@ class Faults:
     """Answer ``fail_status`` to this fraction of batch requests, drawn from ``random.Random(seed)``."""
     fail_status: int = 503
     status: int | None = None
-    """Answer every request with this status, without looking at it."""
+    """Answer every batch request with this status, without looking at it."""
     retry_after: str | None = None
     """``Retry-After`` value sent with the failures above (``"2"`` or an HTTP-date)."""
     delay: float = 0.0
@@ -256,16 +259,20 @@ FROM (SELECT count(*) AS n,
       FROM json_each(:body, '$.batch')) AS e
 """
 
-# The type of an event that has none: PostHog's are all captures, and a generic
-# JSON event with an ``event`` name is a track.
-_DEFAULT_TYPE: Final[dict[str, str | None]] = {SEGMENT: None, JSON: "track", POSTHOG: "capture"}
+# The type of an event that has an ``event`` name and no ``type``: PostHog's
+# events are captures, Segment-shaped ones tracks.
+_DEFAULT_TYPE: Final[dict[str, str]] = {SEGMENT: "track", JSON: "track", POSTHOG: "capture"}
+
+
+def _event_type(fmt: str, event: dict[str, Any]) -> object:
+    typ = event.get("type")
+    if typ is None and event.get("event") is not None:
+        return _DEFAULT_TYPE[fmt]
+    return typ
 
 
 def _is_rejected(fmt: str, event: dict[str, Any], name: str) -> bool:
-    if event.get("event") != name:
-        return False
-    typ = event.get("type", _DEFAULT_TYPE[fmt])
-    return typ in ("track", "capture")
+    return event.get("event") == name and _event_type(fmt, event) in ("track", "capture")
 
 
 def _json_type(value: object) -> str:
@@ -380,8 +387,8 @@ CREATE TABLE IF NOT EXISTS events (
     sent_at TEXT,
     payload TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_message_id ON events(message_id);
 """
+_INDEX: Final = "CREATE INDEX IF NOT EXISTS events_message_id ON events(message_id)"
 
 # Where each format keeps the columns' values inside one event: the message id,
 # the user id, the fallback user id, the event's own sent-at.
@@ -398,8 +405,7 @@ INSERT INTO events (request_id, received_at, format, type, message_id, event, us
                     timestamp, sent_at, payload)
 SELECT :rid, :at, :fmt,
        coalesce(json_extract(value, '$.type'),
-                CASE WHEN :fmt = 'posthog' THEN 'capture'
-                     WHEN json_extract(value, '$.event') IS NOT NULL THEN 'track' END),
+                CASE WHEN json_extract(value, '$.event') IS NOT NULL THEN :default_type END),
        json_extract(value, :mid),
        json_extract(value, '$.event'),
        coalesce(json_extract(value, :uid), json_extract(value, :uid2)),
@@ -429,6 +435,7 @@ class _Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.executescript(_SCHEMA)
+        self._db.execute(_INDEX)
         row = self._db.execute("SELECT count(*) FROM events").fetchone()
         self.initial_events: int = row[0]
 
@@ -473,6 +480,7 @@ class _Store:
                 self._db.execute(
                     _INSERT_FROM_JSON,
                     {"rid": rid, "at": received_at, "fmt": batch.fmt, "sent_at": batch.sent_at,
+                     "default_type": _DEFAULT_TYPE[batch.fmt],
                      "body": batch.text, "mid": f"$.{mid}", "uid": f"$.{uid}",
                      "uid2": None if uid2 is None else f"$.{uid2}", "sent": f"$.{sent}"},
                 )
@@ -490,9 +498,7 @@ class _Store:
         mid, uid, uid2, sent = _KEYS[batch.fmt]
         rows: list[tuple[object, ...]] = []
         for ev in batch.events or ():
-            typ = ev.get("type")
-            if typ is None:
-                typ = "capture" if batch.fmt == POSTHOG else ("track" if ev.get("event") is not None else None)
+            typ = _event_type(batch.fmt, ev)
             user = ev.get(uid)
             if user is None and uid2 is not None:
                 user = ev.get(uid2)
@@ -507,6 +513,20 @@ class _Store:
     def column(self, sql: str) -> list[Any]:
         with self._lock:
             return [row[0] for row in self._db.execute(sql)]
+
+    # Keeping an index on random message ids (uuid4, as Segment's and PostHog's
+    # libraries make them) up to date costs more than the rest of a write, five
+    # times more for a file database, whose every commit then rewrites pages all
+    # over the index. So the index is dropped while serving and built, by one
+    # sort, when serving stops.
+
+    def drop_index(self) -> None:
+        with self._lock:
+            self._db.execute("DROP INDEX IF EXISTS events_message_id")
+
+    def build_index(self) -> None:
+        with self._lock:
+            self._db.execute(_INDEX)
 
 
 # -- HTTP ------------------------------------------------------------------------
@@ -777,6 +797,11 @@ class Collector:
                 return self
             cls = _Server6 if ":" in self._host else _Server
             server = cls((self._host, self._port), self)
+            try:
+                self._store.drop_index()
+            except BaseException:
+                server.server_close()
+                raise
             self._port = server.server_address[1]
             thread = threading.Thread(
                 target=server.serve_forever, kwargs={"poll_interval": 0.05},
@@ -788,7 +813,10 @@ class Collector:
         return self
 
     def stop(self) -> None:
-        """Stop serving and close the listening socket and every connection; idempotent."""
+        """Stop serving, close the listening socket and every connection; idempotent.
+
+        Then builds the ``message_id`` index, which is left out while serving.
+        """
         with self._lifecycle:
             server, thread = self._server, self._thread
             self._server = self._thread = None
@@ -800,6 +828,10 @@ class Collector:
             if not server.close_connections(timeout=5.0):
                 logger.warning("collector connections still open 5 s after stop()")
             thread.join(5.0)
+            try:
+                self._store.build_index()
+            except sqlite3.Error:  # a full disk, say: the events are stored, only the index is missing
+                logger.warning("could not build the message_id index", exc_info=True)
         with self._changed:
             self._changed.notify_all()
         logger.info("collector on port %d stopped", self._port)

@@ -48,7 +48,7 @@ class SenderStats:
     pending_bytes: int
     spool_bytes: int
     #: events lost for good, by reason, total (expired, rejected, oversize, spool_full,
-    #: corrupt, memory_full, undecodable)
+    #: corrupt, undecodable)
     dropped: Mapping[str, int]
     #: trouble that lost no event, total (auth_failures, spool_unavailable,
     #: refused_connections, hook_errors, bad_frames)

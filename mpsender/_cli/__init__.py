@@ -51,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "run", None):
         parser.print_help(sys.stderr)
         return _common.EXIT_USAGE
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")  # a non-UTF-8 terminal gets '?' for '·', not a crash
     _setup_logging(args.debug)
     try:
         return int(args.run(args))

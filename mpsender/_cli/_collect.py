@@ -204,7 +204,7 @@ class _Tail:
         self.last_request = self.db.execute("SELECT coalesce(max(id), 0) FROM requests").fetchone()[0]
 
     def poll(self) -> list[str]:
-        lines = []
+        lines: list[tuple[float, str]] = []
         try:
             rows = self.db.execute(
                 "SELECT id, received_at, format, type, event, user_id, message_id, payload FROM events "
@@ -213,16 +213,17 @@ class _Tail:
                 "SELECT id, received_at, path, status, error FROM requests WHERE id > ? ORDER BY id",
                 (self.last_request,)).fetchall()
         except sqlite3.Error as exc:
-            return [f"(cannot read {exc})\n"]
+            return [f"(cannot read the database: {exc})\n"]
         for rid, at, fmt, typ, event, user, mid, payload in rows:
             self.last_event = rid
-            lines.append(f"{_clock(at)}  {fmt:<7} {typ or '?':<8} {json.dumps(event) if event else '-'}  "
-                         f"{user or '-'}  {mid or '-'}  {_props(payload)}".rstrip() + "\n")
+            lines.append((at, f"{_clock(at)}  {fmt:<7} {typ or '?':<8} {json.dumps(event) if event else '-'}  "
+                               f"{user or '-'}  {mid or '-'}  {_props(payload)}".rstrip() + "\n"))
         for rid, at, path, status, error in bad:
             self.last_request = rid
             if status is None or status >= 400:
-                lines.append(f"{_clock(at)}  ! {status or 'no answer'} POST {path}: {error}\n")
-        return lines
+                lines.append((at, f"{_clock(at)}  ! {status or 'no answer'} {path}: {error}\n"))
+        lines.sort(key=lambda item: item[0])  # stable: a request's events stay in order
+        return [line for _, line in lines]
 
     def close(self) -> None:
         self.db.close()

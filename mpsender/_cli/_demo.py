@@ -108,7 +108,7 @@ def _demo(r: _Run, args: argparse.Namespace) -> int:
     r.client = Client.from_options(opts)
     if not r.client.start(wait=15.0):
         raise c.CliError(f"the sender did not start; see {r.runtime}/*/sender.log (--keep keeps it)")
-    r.sender = next((d for d in destinations(r.runtime) if d.running), None)
+    r.sender = _own_sender(r)
     if not quiet:
         out.write(f"  collector  {r.collector_url}  (pid {r.collector.pid if r.collector else '?'})\n")
         out.write(f"  sender     pid {r.sender.pid if r.sender else '?'}, started by this process; "
@@ -458,6 +458,14 @@ def _print(s: dict[str, Any], args: argparse.Namespace) -> None:
     out.flush()
 
 
+def _own_sender(r: _Run) -> Destination | None:
+    """The demo's sender, if it runs; never another one (``--runtime-dir`` may be shared)."""
+    if r.client is None or not os.path.isdir(r.runtime):
+        return None
+    mine = r.client.paths.dest.name
+    return next((d for d in destinations(r.runtime) if d.id == mine and d.running), None)
+
+
 # --- cleanup -----------------------------------------------------------------------------------
 
 
@@ -471,9 +479,9 @@ def _cleanup(r: _Run, *, keep: bool) -> None:
             pass  # already gone
     if r.client is not None:
         r.client.shutdown(timeout=0.0)
-    for d in destinations(r.runtime) if os.path.isdir(r.runtime) else []:
-        if d.running:
-            stop_one(d, 10.0, kill=True, quiet=True)
+    sender = _own_sender(r)
+    if sender is not None:
+        stop_one(sender, 10.0, kill=True, quiet=True)
     _stop_collector(r)
     if r.collector is not None and r.collector.stdout is not None:
         r.collector.stdout.close()

@@ -15,6 +15,7 @@ import msgpack
 
 from .. import _wire
 from .._client import Client
+from .._version import __version__
 from . import _common as c
 from ._runtime import ControlError, Destination, select, sender_stats
 from ._spoolfiles import WalInfo, commits, deadletter, decode, pending_events, records, state, wal_files
@@ -134,7 +135,7 @@ def run_show(args: argparse.Namespace) -> int:
     for d in found:
         opts = d.options(quiet=True)
         encoder = _wire.get_encoder(opts.format if opts else "segment", write_key="", library_name="mpsender",
-                                    library_version="", path=opts.path if opts else None)
+                                    library_version=__version__, path=opts.path if opts else None)
         if not args.json:
             out.write(f"# {d.id}  {d.label}\n")
         for w in wal_files(d.spool):
@@ -230,7 +231,10 @@ def _replay(d: Destination, timeout: float) -> bool:
                          "writes it); start the application once with the same options instead")
     wals = wal_files(d.spool)
     waiting = sum(pending_events(w) for w in wals if w.pending_bytes)
-    waiting_bytes = sum(w.pending_bytes for w in wals)
+    # progress is read from the spool itself (commits.log), not from the sender's view of
+    # it, so files the sender has not discovered yet cannot make it look done
+    initial = {w.name: (w.committed, w.size) for w in wals if w.pending_bytes}
+    waiting_bytes = sum(size - committed for committed, size in initial.values())
     before = _totals(d)
     print(f"replaying {c.count(waiting)} event(s) ({c.size(waiting_bytes)}) to {d.label}"
           + (f" through the running sender {d.pid}" if d.running else ""), flush=True)
@@ -243,25 +247,27 @@ def _replay(d: Destination, timeout: float) -> bool:
             raise c.CliError(f"the sender for {d.id} did not start; see {d.dir / 'sender.log'}")
         bar = c.Progress("replay", waiting, unit="events")
         while True:
+            done = _replayed(d.spool, initial)
             try:
                 last = sender_stats(d, timeout=2.0)
             except ControlError:
-                last = {}  # restarting, perhaps: ask again
-            if last:
-                left = int(last.get("pending_bytes") or 0)
-                done = waiting if not waiting_bytes else round(waiting * max(0, waiting_bytes - left) / waiting_bytes)
-                note = "" if last.get("last_status") in (None, 200) else f"last answer {_last(last)}"
-                if not left and not last.get("pending"):
-                    bar.update(waiting)
-                    bar.close()
-                    break
-                bar.update(min(done, waiting), note)
+                pass  # restarting, perhaps: the spool still tells the progress
+            if done >= waiting_bytes:
+                bar.update(waiting)
+                bar.close()
+                break
+            note = "" if last.get("last_status") in (None, 200) else f"last answer {_last(last)}"
+            bar.update(round(waiting * done / waiting_bytes), note)
             if time.monotonic() >= deadline:
                 bar.close("timed out")
-                left_text = c.size(last["pending_bytes"]) if last.get("pending_bytes") else "some data"
-                raise c.CliError(f"{left_text} still undelivered for {d.id} after {timeout:g}s "
-                                 f"(last answer {_last(last)}); the sender keeps trying: see `mpsender status`")
+                raise c.CliError(f"{c.size(waiting_bytes - done)} still undelivered for {d.id} after "
+                                 f"{timeout:g}s (last answer {_last(last)}); the sender keeps trying: "
+                                 "see `mpsender status`")
             time.sleep(0.1)  # the progress refresh period: the sender has no push for this
+        try:
+            last = sender_stats(d, timeout=2.0)  # the counters after the last commit
+        except ControlError:
+            pass  # the figures from the loop are close enough for the summary
     finally:
         client.shutdown(timeout=0.0)
     accepted = int(last.get("uploaded", 0)) - before[0]
@@ -270,6 +276,15 @@ def _replay(d: Destination, timeout: float) -> bool:
     print(f"spool empty after {c.duration(time.monotonic() - started)}: the endpoint accepted "
           f"{c.count(accepted)} event(s); dropped {c.dropped(dropped)}")
     return True
+
+
+def _replayed(spool: Path, initial: dict[str, tuple[int, int]]) -> int:
+    """Bytes of the files pending at the start that are committed (or deleted) by now."""
+    now = {w.name: w.committed for w in wal_files(spool)}
+    done = 0
+    for name, (committed, size) in initial.items():
+        done += size - committed if name not in now else max(0, min(now[name], size) - committed)
+    return done
 
 
 def _totals(d: Destination) -> tuple[int, dict[str, int]]:

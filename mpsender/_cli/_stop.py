@@ -69,7 +69,7 @@ def stop_one(d: Destination, timeout: float, *, kill: bool = False, quiet: bool 
         return False
     if not quiet:
         left = _left(d)
-        print(f"stopped sender {proc.pid} ({d.label}) in {c.duration(time.monotonic() - started)}; {left}")
+        print(f"stopped sender {proc.pid} for {d.label} in {c.duration(time.monotonic() - started)}; {left}")
     return True
 
 

@@ -31,8 +31,11 @@ logger = logging.getLogger(__name__)
 
 _STATE = "state.json"
 _SAVE_EVERY = 5.0
-#: events held in memory when they came over a socket (the disk refused them)
+#: events held in memory when they came over a socket (journal=False, or the disk
+#: refused them); past either bound the sender stops reading sockets until the uploader
+#: catches up, and the applications spill to their files meanwhile
 MAX_MEMORY_EVENTS = 100_000
+MAX_MEMORY_BYTES = 64 * 1024 * 1024
 _PEERCRED = struct.Struct("3i")
 
 
@@ -65,6 +68,7 @@ class Server:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._buf = bytearray(MAX_CONTROL + 1)
         self._exiting = False
+        self._paused = False
         self._last_client_left = time.monotonic()
         self._next_save = time.monotonic() + _SAVE_EVERY
         self.socket_path = os.path.join(dest, "sender.sock")
@@ -120,6 +124,7 @@ class Server:
                 except Exception:  # noqa: BLE001 - one bad client must not stop the sender
                     logger.exception("error while serving a connection")
             self._check_waiters()
+            self._backpressure()
             now = time.monotonic()
             if not self._conns and now - self._last_client_left >= self.options.linger:
                 logger.info("no client for %.1fs: exiting", self.options.linger)
@@ -132,7 +137,22 @@ class Server:
                 self._exiting = True
         self._shutdown()
 
+    def _backpressure(self) -> None:
+        """Stop reading sockets while the in-memory queue is full; resume at half."""
+        spool = self.spool
+        full = len(spool.mem) >= MAX_MEMORY_EVENTS or spool.mem_bytes >= MAX_MEMORY_BYTES
+        if full and not self._paused:
+            self._paused = True
+            for conn in self._conns.values():
+                self._sel.unregister(conn.sock)
+        elif self._paused and len(spool.mem) < MAX_MEMORY_EVENTS // 2 and spool.mem_bytes < MAX_MEMORY_BYTES // 2:
+            self._paused = False
+            for conn in self._conns.values():
+                self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+
     def _timeout(self) -> float:
+        if self._paused:
+            return 0.01
         if self._conns:
             return _SAVE_EVERY
         left = self._last_client_left + self.options.linger - time.monotonic()
@@ -168,12 +188,14 @@ class Server:
             sock.setblocking(False)
             conn = _Conn(sock, pid)
             self._conns[sock.fileno()] = conn
-            self._sel.register(sock, selectors.EVENT_READ, conn)
+            if not self._paused:
+                self._sel.register(sock, selectors.EVENT_READ, conn)
 
     def _close(self, conn: _Conn) -> None:
         fd = conn.sock.fileno()
         if fd >= 0:
-            self._sel.unregister(conn.sock)
+            if not self._paused:
+                self._sel.unregister(conn.sock)
             self._conns.pop(fd, None)
         conn.sock.close()
         self._waiters = [w for w in self._waiters if w.conn is not conn]
@@ -196,6 +218,8 @@ class Server:
                 self._close(conn)
                 return
             self._message(conn, bytes(buf[:n]))
+            if self._paused:
+                return
 
     def _message(self, conn: _Conn, data: bytes) -> None:
         first = data[0]
@@ -233,13 +257,13 @@ class Server:
 
     def _memory_event(self, data: bytes) -> None:
         spool = self.spool
-        if len(spool.mem) >= MAX_MEMORY_EVENTS:
-            self.counters.drop("memory_full")
-            return
         spool.mem_in += 1
         spool.mem.append((spool.mem_in, data))
         spool.mem_bytes += len(data)
-        spool.count("spool_unavailable")
+        if self.options.journal:
+            spool.count("spool_unavailable")  # an app could not write its file
+        if len(spool.mem) >= MAX_MEMORY_EVENTS or spool.mem_bytes >= MAX_MEMORY_BYTES:
+            self._backpressure()
         self.uploader.wake()
 
     def _reply(self, conn: _Conn, req: int, payload: Any) -> None:

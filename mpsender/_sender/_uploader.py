@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 import zlib
@@ -97,10 +98,15 @@ class Uploader(threading.Thread):
             library_version=__version__, path=options.path, headers=options.headers,
         )
         self.url = options.endpoint.rstrip("/") + self.encoder.path
-        self._http = httpx.Client(
-            timeout=httpx.Timeout(options.request_timeout),
+        transport = httpx.HTTPTransport(
             verify=options.verify_tls,
             limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
+            # small writes (headers, then body) must not wait for a delayed ACK: 40 ms each
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(options.request_timeout),
+            transport=transport,
             headers={"User-Agent": f"mpsender/{__version__}"},
         )
         self._pending: deque[Entry] = deque()

@@ -284,3 +284,17 @@ def test_bad_input_is_refused_with_a_clear_error_and_counted(client_factory, col
                                    "id": str(uuid.UUID(int=1)), "tags": ["a"], "pair": [1, 2]}
     stats = client.stats()
     assert stats.process.rejected == 5 and stats.process.tracked == 1
+
+
+def test_journal_off_sends_over_the_socket_and_delivers(client_factory, collector: Collector) -> None:
+    """journal=False: events go over the socket first (spilling to the file only when it
+    is full) and all arrive."""
+    client = client_factory(journal=False)
+    assert client.start(wait=10)
+    for i in range(2000):
+        client.track("socket-first", user_id="u", properties={"i": i})
+    assert client.flush(timeout=30)
+    assert len(set(collector.message_ids())) == 2000
+    process = client.stats().process
+    assert process.handed_to_sender + process.spilled == 2000
+    assert process.handed_to_sender > 0
