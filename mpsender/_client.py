@@ -301,7 +301,7 @@ class Client:
                 self._rejected += 1
                 raise EventTypeError(f"{what} must be a dict, not {type(given).__qualname__}")
             given = dict(given)
-        return {**base, **given} if base else given  # type: ignore[no-any-return]
+        return {**base, **given} if base else given
 
     def _base_context(self) -> dict[str, Any]:
         if not self._enrich:

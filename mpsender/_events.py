@@ -62,9 +62,8 @@ def pack(record: dict[str, Any]) -> bytes:
 def to_timestamp(value: Any) -> float | str:
     """A user-given timestamp: datetime (naive = UTC), epoch seconds, or an ISO string."""
     if isinstance(value, _dt.datetime):
-        if value.tzinfo is None:
-            value = value.replace(tzinfo=_UTC)
-        return value.timestamp()
+        moment: _dt.datetime = value if value.tzinfo is not None else value.replace(tzinfo=_UTC)
+        return moment.timestamp()
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if isinstance(value, str) and value:
@@ -201,7 +200,7 @@ def _id(value: Any, what: str) -> str | None:
     if value is None or value.__class__ is str:
         if value == "":
             raise InvalidEventError(f"{what} must not be empty")
-        return value  # type: ignore[no-any-return]
+        return value
     if isinstance(value, int) and not isinstance(value, bool):
         return str(value)
     if isinstance(value, (str, uuid.UUID)):
