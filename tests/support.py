@@ -42,12 +42,13 @@ def sender_infos(runtime_dir: str | os.PathLike[str]) -> list[dict[str, object]]
 
 
 def live_sender_pids(runtime_dir: str | os.PathLike[str]) -> set[int]:
-    """Pids of live sender processes whose socket lives under ``runtime_dir``."""
+    """Pids of live sender processes whose socket lives under ``runtime_dir`` (not their
+    short-lived launchers: only the sender renames itself ``mpsender-sender``)."""
     pids = set()
     root = str(runtime_dir)
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+    for proc in psutil.process_iter(["pid", "name", "cmdline", "status"]):
         cmd = proc.info["cmdline"] or []
-        if proc.info["status"] == psutil.STATUS_ZOMBIE:
+        if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.info["name"] != "mpsender-sender":
             continue
         if "mpsender._sender" in cmd and any(arg.startswith(root) for arg in cmd):
             pids.add(proc.info["pid"])
@@ -55,8 +56,11 @@ def live_sender_pids(runtime_dir: str | os.PathLike[str]) -> set[int]:
 
 
 def kill_senders(runtime_dir: str | os.PathLike[str], timeout: float = 5.0) -> None:
-    """End every sender under ``runtime_dir``, by pid."""
-    pids = live_sender_pids(runtime_dir)
+    """End every sender (and launcher) under ``runtime_dir``, by pid."""
+    root = str(runtime_dir)
+    pids = {p.info["pid"] for p in psutil.process_iter(["pid", "cmdline"])
+            if "mpsender._sender" in (p.info["cmdline"] or [])
+            and any(arg.startswith(root) for arg in p.info["cmdline"] or [])}
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)

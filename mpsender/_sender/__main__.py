@@ -37,6 +37,7 @@ def main() -> int:
         return 1
     if os.fork():
         os._exit(0)  # the launcher: its parent reaps it; the sender is adopted by init
+    _set_process_name(PROCESS_NAME)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     _setup_logging(os.path.join(dest, "sender.log"), options.log_level)
@@ -62,6 +63,21 @@ def main() -> int:
         log.exception("the sender failed")
         return 1
     return 0
+
+
+#: what ``ps -e``, ``top`` and psutil's ``name()`` show for a sender (its launcher, which
+#: exits at once, keeps the interpreter's name)
+PROCESS_NAME = "mpsender-sender"
+
+
+def _set_process_name(name: str) -> None:
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass  # not Linux, or no prctl: only the name in ps is lost
 
 
 def _setup_logging(path: str, level: str) -> None:
