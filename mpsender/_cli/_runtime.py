@@ -140,9 +140,9 @@ def _live_sender(dest: Path, info: dict[str, Any] | None) -> psutil.Process | No
         cmd = proc.cmdline()
     except psutil.Error:
         return None
-    if "mpsender._sender" in cmd and str(dest) in cmd:
-        return proc
-    if "mpsender._sender" in cmd and any(os.path.realpath(a) == os.path.realpath(dest) for a in cmd):
+    # the launcher's command line, kept by the sender it forked: a reused pid will not match
+    real = os.path.realpath(dest)
+    if "mpsender._sender" in cmd and any(a == str(dest) or os.path.realpath(a) == real for a in cmd):
         return proc
     return None
 

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(reports, indent=2))
         else:
-            render(reports, root, sys.stdout)
+            render(reports, sys.stdout)
         if not reports:
             raise c.CliError(no_sender_message(root))
         return c.EXIT_OK
@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                 if tty:
                     sys.stdout.write("\x1b[H\x1b[2J")
                 sys.stdout.write(f"{time.strftime('%H:%M:%S')}  mpsender status --watch (Ctrl-C to stop)\n")
-                render(reports, root, sys.stdout)
+                render(reports, sys.stdout)
                 if not reports:
                     sys.stdout.write(no_sender_message(root) + "\n")
                 if not tty:
@@ -150,7 +150,7 @@ def _undelivered(d: Destination, pending_bytes: Any) -> int | None:
         return None
 
 
-def render(reports: list[dict[str, Any]], root: str, out: Any) -> None:
+def render(reports: list[dict[str, Any]], out: Any) -> None:
     for r in reports:
         out.write(f"sender {r['pid']}  {r['destination']}\n")
         parts = []
