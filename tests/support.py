@@ -66,7 +66,16 @@ def kill_senders(runtime_dir: str | os.PathLike[str], timeout: float = 5.0) -> N
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    psutil.wait_procs([p for p in (_proc(pid) for pid in pids) if p is not None], timeout=timeout)
+    # dead is enough: a zombie waits for its parent (or PID 1) to reap it, not for us
+    wait_for(lambda: not any(_running(pid) for pid in pids), timeout)
+
+
+def _running(pid: int) -> bool:
+    proc = _proc(pid)
+    try:
+        return proc is not None and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def _proc(pid: int) -> psutil.Process | None:

@@ -43,6 +43,7 @@ _PEERCRED = struct.Struct("3i")
 class _Conn:
     sock: socket.socket
     pid: int = 0
+    client: bool = False  # sent HELLO: an application, not a status/stop request
 
 
 @dataclass
@@ -126,7 +127,7 @@ class Server:
             self._check_waiters()
             self._backpressure()
             now = time.monotonic()
-            if not self._conns and now - self._last_client_left >= self.options.linger:
+            if not self._clients() and now - self._last_client_left >= self.options.linger:
                 logger.info("no client for %.1fs: exiting", self.options.linger)
                 self._exiting = True
             if now >= self._next_save:
@@ -150,10 +151,13 @@ class Server:
             for conn in self._conns.values():
                 self._sel.register(conn.sock, selectors.EVENT_READ, conn)
 
+    def _clients(self) -> int:
+        return sum(1 for c in self._conns.values() if c.client)
+
     def _timeout(self) -> float:
         if self._paused:
             return 0.01
-        if self._conns:
+        if self._clients():
             return _SAVE_EVERY
         left = self._last_client_left + self.options.linger - time.monotonic()
         return max(0.0, min(left, _SAVE_EVERY))
@@ -199,7 +203,8 @@ class Server:
             self._conns.pop(fd, None)
         conn.sock.close()
         self._waiters = [w for w in self._waiters if w.conn is not conn]
-        if not self._conns:
+        if conn.client and not self._clients():
+            # only applications count: a monitor polling STATS must not keep us alive
             self._last_client_left = time.monotonic()
         # its file is final now, perhaps: let the uploader look
         self.uploader.client_left()
@@ -236,6 +241,7 @@ class Server:
             self.uploader.wake()
         elif kind == HELLO:
             conn.pid = msg[1]
+            conn.client = True
             for name in msg[2]:
                 self.spool_note(name)
             self.uploader.wake()
@@ -300,11 +306,13 @@ class Server:
             "pid": os.getpid(), "started_at": self.started_at, "uptime": time.time() - self.started_at,
             "received": spool.counters.received, "uploaded": c.uploaded, "batches": c.batches,
             "requests": c.requests, "retries": c.retries,
-            "pending": len(spool.mem) + sum(len(wf.buffered) for wf in list(spool.files.values())),
+            # read from the spool and not yet settled (queued, in a batch, being retried)
+            "pending": len(spool.mem) + sum(wf.outstanding + len(wf.buffered)
+                                            for wf in list(spool.files.values())),
             "pending_bytes": pending_bytes, "spool_bytes": spool.disk_bytes(),
             "dropped": {k: v for k, v in dropped.items() if v},
             "incidents": {k: v for k, v in incidents.items() if v},
-            "connections": len(self._conns), "last_status": c.last_status, "last_error": c.last_error,
+            "connections": self._clients(), "last_status": c.last_status, "last_error": c.last_error,
             "rate_limited_for": self.uploader.rate_limit.remaining(time.monotonic()),
             "destination": self.options.redacted_endpoint(), "version": __version__,
             "spool": spool.dir, "files": len(spool.files),

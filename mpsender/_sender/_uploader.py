@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 
 #: how often the uploader looks for new files, enforces the disk bound, deletes
 HOUSEKEEPING = 1.0
+#: with a partial batch waiting for its age, look for a full one this often
+_PARTIAL_POLL = 0.05
 _AUTH_PAUSE = 30.0
 
 
@@ -203,11 +205,16 @@ class Uploader(threading.Thread):
                 first_at = None
                 self.idle.set()
                 self._on_commit()  # let waiting flushes see that nothing is left
-            timeout = HOUSEKEEPING if first_at is None else max(0.0, first_at + opts.flush_interval - now)
-            self._sleep(timeout)
+            if first_at is None:
+                self._sleep(HOUSEKEEPING)
+            else:
+                # A partial batch is waiting for its age: look again soon for a full one,
+                # without the doorbell, so writers do not wake us for every event.
+                self._wake.wait(min(_PARTIAL_POLL, max(0.0, first_at + opts.flush_interval - now)))
+                self._wake.clear()
 
     def _sleep(self, timeout: float) -> None:
-        """Wait for new data; raise the doorbell so writers wake us."""
+        """Idle: raise the doorbell so the next writer wakes us, then wait."""
         bell = self._bell
         bell[0] = 1
         if self.spool.has_unread() or self.urgent or self._stopping.is_set():

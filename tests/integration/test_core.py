@@ -298,3 +298,34 @@ def test_journal_off_sends_over_the_socket_and_delivers(client_factory, collecto
     process = client.stats().process
     assert process.handed_to_sender + process.spilled == 2000
     assert process.handed_to_sender > 0
+
+
+def test_status_polling_does_not_keep_an_idle_sender_alive(collector: Collector, runtime_dir: str) -> None:
+    """Connections that only ask for stats (a monitor, `mpsender status --watch`) do not
+    count as clients: the sender still exits after its linger."""
+    import socket as _socket
+
+    import msgpack
+
+    from mpsender._protocol import STATS
+
+    env = app_env(collector.url, runtime_dir, flush_interval=0.05, linger=1.0)
+    check(run_app("import mpsender; mpsender.init(); mpsender.track('x', user_id='u'); mpsender.flush(10)", env))
+    (pid,) = live_sender_pids(runtime_dir)
+    (sock_path,) = Path(runtime_dir).glob("*/sender.sock")
+
+    def poll_once() -> bool:
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        try:
+            s.connect(str(sock_path))
+            s.send(msgpack.packb([STATS, 1]))
+            s.settimeout(2)
+            return bool(s.recv(65536))
+        except OSError:
+            return False  # gone: what we wait for
+        finally:
+            s.close()
+
+    started = time.monotonic()
+    assert wait_for(lambda: not poll_once() and pid not in live_sender_pids(runtime_dir), timeout=10)
+    assert time.monotonic() - started < 5
