@@ -71,6 +71,7 @@ class Client:
         self._props = dict(options.properties)
         self._context = dict(options.context)
         self._enrich = options.enrich
+        self._context_needed = bool(self._context) or self._enrich
         self._ids_lock = threading.Lock()
         self._id_pid = -1
         if self._off:
@@ -137,9 +138,13 @@ class Client:
             return
         if event.__class__ is not str or not event:
             self._reject(require_name, event, "event")
-        rec: dict[str, Any] = {"t": "track", "e": event}
-        if properties is not None or self._props:
-            rec["p"] = self._merge(properties, self._props, "properties")
+        rec: dict[str, Any]
+        if properties.__class__ is dict and not self._props:
+            rec = {"t": "track", "e": event, "p": properties}  # the common case, kept short
+        else:
+            rec = {"t": "track", "e": event}
+            if properties is not None or self._props:
+                rec["p"] = self._merge(properties, self._props, "properties")
         self._emit(rec, user_id, anonymous_id, context, timestamp, message_id, integrations)
 
     def identify(
@@ -243,7 +248,7 @@ class Client:
                 rec["u"] = uid
             if aid is not None:
                 rec["a"] = aid
-        if context is not None or self._context or self._enrich:
+        if context is not None or self._context_needed:
             rec["c"] = self._merge(context, self._base_context(), "context")
         if integrations is not None:
             rec["i"] = self._merge(integrations, None, "integrations")
