@@ -151,14 +151,12 @@ class _Reject(Exception):
         *,
         headers: Iterable[tuple[str, str]] = (),
         extra: dict[str, object] | None = None,
-        close: bool = False,
     ) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.headers = list(headers)
         self.extra = extra or {}
-        self.close = close
 
 
 class _Incomplete(Exception):
@@ -435,7 +433,6 @@ class _Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=OFF")
         self._db.executescript(_SCHEMA)
-        self._db.execute(_INDEX)
         row = self._db.execute("SELECT count(*) FROM events").fetchone()
         self.initial_events: int = row[0]
 
@@ -606,16 +603,16 @@ class _Handler(BaseHTTPRequestHandler):
         length = self.headers.get("Content-Length")
         if length is None:
             if self.command in ("POST", "PUT", "PATCH"):
-                raise _Reject(411, "Content-Length required", close=True)
+                raise _Reject(411, "Content-Length required")
             return b""
         try:
             n = int(length)
             if n < 0:
                 raise ValueError(length)
         except ValueError:
-            raise _Reject(400, "invalid Content-Length", close=True) from None
+            raise _Reject(400, "invalid Content-Length") from None
         if n > MAX_WIRE_BYTES:
-            raise _Reject(413, f"body exceeds {MAX_WIRE_BYTES} bytes", close=True)
+            raise _Reject(413, f"body exceeds {MAX_WIRE_BYTES} bytes")
         data = self.rfile.read(n)
         if len(data) < n:
             raise _Incomplete
@@ -631,14 +628,14 @@ class _Handler(BaseHTTPRequestHandler):
             try:
                 n = int(line.split(b";", 1)[0].strip(), 16)
             except ValueError:
-                raise _Reject(400, "invalid chunked encoding", close=True) from None
+                raise _Reject(400, "invalid chunked encoding") from None
             if n == 0:
                 while self.rfile.readline(8192).strip():  # trailers, up to the blank line
                     pass
                 return b"".join(parts)
             size += n
             if size > MAX_WIRE_BYTES:
-                raise _Reject(413, f"body exceeds {MAX_WIRE_BYTES} bytes", close=True)
+                raise _Reject(413, f"body exceeds {MAX_WIRE_BYTES} bytes")
             chunk = self.rfile.read(n)
             if len(chunk) < n:
                 raise _Incomplete
@@ -828,21 +825,27 @@ class Collector:
             if not server.close_connections(timeout=5.0):
                 logger.warning("collector connections still open 5 s after stop()")
             thread.join(5.0)
-            try:
-                self._store.build_index()
-            except sqlite3.Error:  # a full disk, say: the events are stored, only the index is missing
-                logger.warning("could not build the message_id index", exc_info=True)
+            self._build_index()
         with self._changed:
             self._changed.notify_all()
         logger.info("collector on port %d stopped", self._port)
 
     def close(self) -> None:
-        """``stop()`` and close the database; the collector cannot be used afterwards."""
+        """``stop()`` and close the database; idempotent. The collector cannot serve afterwards."""
         self.stop()
         with self._lifecycle:
+            if self._closed:
+                return
             self._closed = True
         self._reader.close()
+        self._build_index()  # for a collector that never served
         self._store.close()
+
+    def _build_index(self) -> None:
+        try:
+            self._store.build_index()
+        except sqlite3.Error:  # a full disk, say: the events are stored, only the index is missing
+            logger.warning("could not build the message_id index", exc_info=True)
 
     def __enter__(self) -> Collector:
         return self.start()
@@ -887,8 +890,11 @@ class Collector:
         return [json.loads(p) for p in self._store.column("SELECT payload FROM events ORDER BY id")]
 
     def message_ids(self) -> list[str]:
-        """The messageId (Segment, JSON) or uuid (PostHog) of each stored event, duplicates kept."""
-        return self._store.column("SELECT message_id FROM events ORDER BY id")
+        """The messageId (Segment, JSON) or uuid (PostHog) of each stored event, duplicates kept.
+
+        In arrival order; an event stored without one is left out.
+        """
+        return self._store.column("SELECT message_id FROM events WHERE message_id IS NOT NULL ORDER BY id")
 
     def requests(self) -> list[RequestRecord]:
         """Every request (the last ``max_records``), by arrival time."""
