@@ -316,7 +316,9 @@ class Client:
         return {**enrichment(), **self._context}
 
     def _run_hook(self, rec: dict[str, Any]) -> dict[str, Any] | None:
-        event = {_LONG[k]: v for k, v in rec.items()}
+        # Top-level copies of properties/traits/context/integrations: a hook that scrubs
+        # in place must not change the caller's dicts, nor the event sent when it raises.
+        event = {_LONG[k]: (dict(v) if v.__class__ is dict else v) for k, v in rec.items()}
         mid = event.get("messageId")
         if isinstance(mid, bytes):
             import uuid
@@ -326,17 +328,54 @@ class Client:
         try:
             result = self._hook(event)
         except Exception:  # noqa: BLE001 - a buggy hook must not lose the event
-            if not self._hook_failed:
-                self._hook_failed = True
-                logger.exception("before_send raised; sending the event unchanged (logged once)")
+            self._hook_bug("before_send raised; sending the event unchanged (logged once)", exc_info=True)
             return rec
         if result is None:
             self._hook_dropped += 1
             return None
         if not isinstance(result, Mapping):
-            if not self._hook_failed:
-                self._hook_failed = True
-                logger.error("before_send returned %s, not a dict or None; sending the event unchanged",
-                             type(result).__qualname__)
+            self._hook_bug("before_send returned %s, not a dict or None; sending the event unchanged",
+                           type(result).__qualname__)
             return rec
-        return {_SHORT[k]: v for k, v in result.items() if k in _SHORT}
+        out = {_SHORT[k]: v for k, v in result.items() if k in _SHORT}
+        for key in ("t", "m", "ts"):  # the envelope: a hook need not copy it
+            if out.get(key) is None:
+                out[key] = rec[key]
+        problem = _unsendable(out)
+        if problem is None:
+            try:
+                if len(pack(out)) > self._max:
+                    problem = f"over max_message_bytes ({self._max}) packed"
+            except (TypeError, ValueError, OverflowError) as exc:
+                problem = f"a value cannot be sent: {exc}"
+        if problem is not None:
+            self._hook_bug("before_send returned an event that cannot be sent (%s); sending the "
+                           "event unchanged", problem)
+            return rec
+        return out
+
+    def _hook_bug(self, msg: str, *args: object, exc_info: bool = False) -> None:
+        if not self._hook_failed:
+            self._hook_failed = True
+            logger.error(msg, *args, exc_info=exc_info)
+
+
+#: fields a record of each type needs besides an id (what the wire encoders require)
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "track": ("e",), "identify": (), "group": ("g",), "alias": ("u", "pv"), "page": (), "screen": (),
+}
+
+
+def _unsendable(rec: Mapping[str, Any]) -> str | None:
+    """Why the sender could not encode a record a before_send hook returned, or None."""
+    t = rec["t"]
+    if t not in _NEEDS:
+        return f"unknown type {t!r}"
+    if not isinstance(rec["m"], (str, bytes)) or not rec["m"]:
+        return "messageId must be a non-empty str"
+    if not (rec.get("u") or rec.get("a")):
+        return "userId or anonymousId is required"
+    for key in _NEEDS[t]:
+        if rec.get(key) in (None, ""):
+            return f"{_LONG[key]} is required for {t}"
+    return None

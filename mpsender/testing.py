@@ -42,7 +42,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
-import msgpack  # type: ignore[import-untyped, unused-ignore]  # no stubs published
+import msgpack
 
 from . import _api
 from ._client import Client
@@ -184,7 +184,7 @@ class _CaptureChannel:
     def write(self, payload: bytes, now: float) -> None:
         try:
             # decoded and encoded as the sender does (_sender/_uploader.py, _decode)
-            record = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+            record = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=False)
             format_message_id(record.get("m", b""))
             wire = self._encoder.encode(record)
         except Exception as exc:  # noqa: BLE001 - counted below, as the sender's dead letter
@@ -257,7 +257,9 @@ def capture(client: Client | None = None, **options: Any) -> Iterator[CapturedEv
     """
     unknown = sorted(set(options) - _OPTION_NAMES)
     if unknown:
-        raise ConfigurationError(f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(_OPTION_NAMES))}")
+        raise ConfigurationError(
+            f"unknown option(s) {', '.join(unknown)}; known: {', '.join(sorted(_OPTION_NAMES))}"
+        )
     events = CapturedEvents()
     installed: Client | None = None
     with _api._lock:

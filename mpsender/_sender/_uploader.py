@@ -236,7 +236,9 @@ class Uploader(threading.Thread):
                 skipped.append(e)
                 continue
             try:
-                rec = msgpack.unpackb(e.payload, raw=False, strict_map_key=False)
+                # use_list=False: a tuple key the app could pack comes back hashable (the
+                # encoder writes it as its str()), not as an undecodable record
+                rec = msgpack.unpackb(e.payload, raw=False, strict_map_key=False, use_list=False)
                 ts = rec.get("ts")
                 e.ts = ts if isinstance(ts, float) else now
                 if max_age is not None and now - e.ts > max_age:
@@ -309,6 +311,7 @@ class Uploader(threading.Thread):
             reason = "oversize" if outcome == _Outcome.SPLIT else "rejected"
             self._dead_letter(part, status, body)
             self.counters.drop(reason, len(part))
+            self._report(part, status, body[:500], ok=False, will_retry=False)
         return True
 
     def _send(self, events: list[Entry]) -> tuple[str, int | None, str]:
@@ -334,12 +337,13 @@ class Uploader(threading.Thread):
                 c.uploaded += len(events)
                 c.batches += 1
                 self._auth_warned = False
-                self._hook("on_delivery", events, status, None, ok=True)
+                self._report(events, status, None, ok=True, will_retry=False)
                 return _Outcome.OK, status, body
-            self._hook("on_error", events, status, error or body[:500], ok=False)
-            self._hook("on_delivery", events, status, error or body[:500], ok=False)
+            # A refused batch (split or bisected) is reported by _send_all once its
+            # refused events are isolated; a failure that keeps the events, here.
             if status is not None and is_auth_status(status):
                 c.incident("auth_failures")
+                self._report(events, status, error or body[:500], ok=False, will_retry=True)
                 if not self._auth_warned:
                     self._auth_warned = True
                     logger.error("the endpoint refused the write key (HTTP %s): delivery paused, "
@@ -360,6 +364,7 @@ class Uploader(threading.Thread):
                 self.rate_limit.hold(delay, time.monotonic())
                 c.retries += 1
                 attempt += 1
+                self._report(events, status, error or body[:500], ok=False, will_retry=True)
                 logger.info("delivery failed (%s); retry %d in %.2fs", error or status, attempt, delay)
                 continue
             return _Outcome.BISECT, status, body
@@ -419,12 +424,25 @@ class Uploader(threading.Thread):
         logger.warning("%d event(s) refused by the endpoint (HTTP %s): %s; see %s",
                        len(events), status, body[:200], self._deadletter_path)
 
-    def _hook(self, name: str, events: list[Entry], status: int | None, error: str | None, *, ok: bool) -> None:
-        fn = self._hooks.get(name)
-        if fn is None:
+    def _report(self, events: list[Entry], status: int | None, error: str | None, *,
+                ok: bool, will_retry: bool) -> None:
+        """Tell the user's hooks how a batch went: on_error for a failure, on_delivery always.
+
+        ``will_retry``: the events stay in the spool and are sent again (5xx, 429,
+        network errors, 401/403); False: they are delivered or dropped for good.
+        """
+        if self._hooks["on_error"] is None and self._hooks["on_delivery"] is None:
             return
         outcome = {"ok": ok, "status": status, "error": error, "count": len(events),
-                   "message_ids": [e.message_id for e in events]}
+                   "message_ids": [e.message_id for e in events], "will_retry": will_retry}
+        if not ok:
+            self._hook("on_error", dict(outcome))
+        self._hook("on_delivery", outcome)
+
+    def _hook(self, name: str, outcome: dict[str, Any]) -> None:
+        fn = self._hooks[name]
+        if fn is None:
+            return
         try:
             fn(outcome)
         except Exception:  # noqa: BLE001 - a user's hook must not stop delivery
