@@ -285,13 +285,16 @@ class Channel:
         self._drop_socket()
         return False
 
-    def connect(self, *, wait: float) -> bool:
-        """Connect, starting a sender if none runs. With ``wait``, block up to that long."""
+    def connect(self, *, wait: float, spawn: bool = True) -> bool:
+        """Connect, starting a sender if none runs (unless ``spawn`` is False). With
+        ``wait``, block up to that long."""
         with self._setup_lock:
             if self._alive():
                 return True
             if self._try_connect():
                 return True
+            if not spawn:
+                return False
             deadline = time.monotonic() + wait
             now = time.time()
             if wait > 0 or now >= self._next_spawn:
@@ -357,13 +360,13 @@ class Channel:
 
     # --- requests ---------------------------------------------------------------------
 
-    def request(self, kind: int, args: list[Any], timeout: float) -> Any:
+    def request(self, kind: int, args: list[Any], timeout: float, *, spawn: bool = True) -> Any:
         """One control round trip; None when no answer came within ``timeout``."""
         deadline = time.monotonic() + max(timeout, 0.0)
         with self._control_lock:
             while True:
                 remaining = deadline - time.monotonic()
-                if not self.connect(wait=max(remaining, 0.0)):
+                if not self.connect(wait=max(remaining, 0.0), spawn=spawn):
                     return None
                 sock = self._sock
                 if sock is None:
@@ -426,11 +429,11 @@ class Channel:
         return marks
 
     def sender_stats(self, timeout: float) -> dict[str, Any] | None:
-        answer = self.request(STATS, [], timeout)
+        answer = self.request(STATS, [], timeout, spawn=False)  # asking starts nothing
         return answer if isinstance(answer, dict) else None
 
     def stop_sender(self, timeout: float) -> bool:
-        return self.request(STOP, [], timeout) is True
+        return self.request(STOP, [], timeout, spawn=False) is True
 
     def close(self) -> None:
         """Let go of the file (so the sender may delete it once delivered) and the socket."""

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._channel import Channel
+from ._enrich import enrichment
 from ._events import (
     error_properties,
     explain_unpackable,
@@ -311,8 +312,6 @@ class Client:
     def _base_context(self) -> dict[str, Any]:
         if not self._enrich:
             return self._context
-        from ._enrich import enrichment  # only when the option is on
-
         return {**enrichment(), **self._context}
 
     def _run_hook(self, rec: dict[str, Any]) -> dict[str, Any] | None:

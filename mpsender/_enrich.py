@@ -10,12 +10,17 @@ from typing import Any
 __all__ = ["enrichment"]
 
 _host = socket.gethostname()
+_static: tuple[int, dict[str, Any]] = (-1, {})
 
 
 def enrichment() -> dict[str, Any]:
     """Context fields known in this process right now. Runs inside track(): keep it cheap."""
-    out: dict[str, Any] = {"host": _host, "pid": os.getpid()}
-    worker = os.environ.get("MPSENDER_GUNICORN_WORKER")
+    global _static
+    pid = os.getpid()
+    if _static[0] != pid:
+        _static = (pid, {"host": _host, "pid": pid})
+    out = dict(_static[1])
+    worker = os.environ.get("MPSENDER_GUNICORN_WORKER")  # set by the gunicorn hooks
     if worker:
         out["gunicorn_worker"] = int(worker) if worker.isdigit() else worker
     celery = sys.modules.get("celery")

@@ -100,7 +100,8 @@ class Options:
 
     def __post_init__(self) -> None:
         if not self.disabled:
-            if not self.write_key:
+            custom_auth = self.format == "json" and any(h.lower() == "authorization" for h in self.headers)
+            if not self.write_key and not custom_auth:
                 raise ConfigurationError(
                     "write_key is missing: pass mpsender.init(write_key=...) "
                     "or set MPSENDER_WRITE_KEY"

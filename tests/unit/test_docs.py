@@ -11,7 +11,8 @@ README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 def test_every_option_is_in_the_readme_table() -> None:
     """Each option has a row in the configuration table, with its environment variable."""
-    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| ([^|]+) \|", README, re.M)}
+    table = README.split("## Configuration", 1)[1].split("\n## ", 1)[0]
+    rows = {m.group(1): m.group(2) for m in re.finditer(r"^\| `(\w+)` \| ([^|]+) \|", table, re.M)}
     for field in dataclasses.fields(Options):
         assert field.name in rows, f"{field.name} missing from the README's configuration table"
         expected = f"`MPSENDER_{field.name.upper()}`" if field.name in _ENV_PARSERS else "—"
