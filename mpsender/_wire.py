@@ -22,7 +22,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -113,7 +113,26 @@ def format_message_id(m: bytes | str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+_orjson_dumps: Callable[..., bytes] | None
+try:  # optional (an extra): 4-5x faster than the json module on a wire event
+    import orjson  # type: ignore[import-not-found,unused-ignore]
+
+    _orjson_dumps = orjson.dumps
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    _orjson_dumps = None
+
+
 def _to_json_bytes(obj: Any) -> bytes:
+    if _orjson_dumps is not None:
+        try:
+            # The same JSON as the json path below for what msgpack carries (str keys,
+            # 64-bit ints, valid UTF-8; NaN/inf become null there as here). orjson
+            # refuses the rest with a TypeError and the json path, with its
+            # sanitizing, takes over. Floats may be spelled differently (1.5e-7 for
+            # 1.5e-07): the same value.
+            return _orjson_dumps(obj)
+        except TypeError:
+            pass
     try:
         text = _json_fast(obj)
     except (ValueError, TypeError):

@@ -21,6 +21,7 @@ from typing import Any
 import msgpack
 
 from .._framing import scan
+from .._wire import format_message_id
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +39,16 @@ class Entry:
     payload: bytes | None
     wire: bytes = b""        # the encoded wire event, set by the uploader
     ts: float = 0.0
-    message_id: str = ""
+    mid: bytes | str = b""   # the record's message id, as packed (set by the uploader)
+
+    @property
+    def message_id(self) -> str:
+        """The id as the endpoint sees it; formatted only when asked (dead letters, hooks):
+        the encoder formats it into the wire event already."""
+        try:
+            return format_message_id(self.mid)
+        except ValueError:
+            return repr(self.mid)
 
 
 @dataclass(eq=False)
