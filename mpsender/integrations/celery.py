@@ -15,20 +15,20 @@ doubling the events. Nothing starts until the worker does.
 
 The signals and the process each receiver runs in:
 
-========================== ============ ==================================================
-signal                     process      what the receiver does
-========================== ============ ==================================================
-``worker_init``            main         ``init()``: starts the sender (waiting at most the
-                                        ``start_timeout`` option) before the pool forks, so
-                                        the children find it listening.
-``worker_process_init``    pool child   Keeps the client inherited from the main process
-                                        (or makes one) and connects **without waiting**:
-                                        Celery kills a child that takes 4 s here.
-``worker_process_shutdown`` pool child  ``mpsender.shutdown()`` bounded by ``exit_timeout``
-                                        (``max_tasks_per_child``, ``max_memory_per_child``,
-                                        pool shrink, worker stop).
-``worker_shutdown``        main         The same for the main process.
-========================== ============ ==================================================
+=========================== ========== ==================================================
+signal                      process    what the receiver does
+=========================== ========== ==================================================
+``worker_init``             main       ``init()``: starts the sender (waiting at most the
+                                       ``start_timeout`` option) before the pool forks, so
+                                       the children find it listening.
+``worker_process_init``     pool child Keeps the client inherited from the main process
+                                       (or makes one) and connects **without waiting**:
+                                       Celery kills a child that takes 4 s here.
+``worker_process_shutdown`` pool child ``mpsender.shutdown()`` bounded by ``exit_timeout``
+                                       (``max_tasks_per_child``, ``max_memory_per_child``,
+                                       pool shrink, worker stop).
+``worker_shutdown``         main       The same for the main process.
+=========================== ========== ==================================================
 
 Billiard ends a pool child with ``os._exit``, so nothing registered with ``atexit`` runs
 and a background thread holding events would lose them. mpsender holds none: an event
@@ -38,11 +38,13 @@ the child is gone. The shutdown receivers only make the wait for the endpoint sh
 With ``instrument_tasks=True`` every task that finishes (success, failure, retry,
 rejection) sends one ``task_event`` track event with the properties ``task`` (name),
 ``task_id``, ``state``, ``duration`` (seconds, float), ``queue`` (the delivery routing
-key: the queue's name with Celery's default routing), ``retries`` and ``worker``; a
-failing task also sends ``capture_error()``'s ``$error`` event with the same task
-properties, also for failures the main process notices (a hard time limit, a lost
-child). Both are attributed to ``anonymous_id="celery:<worker node name>"`` unless
-``user_id`` (a function of the task, for example reading a header) returns a user.
+key: the queue's name with Celery's default routing), ``retries`` and ``worker``. A task
+whose child is terminated mid-run (hard time limit, ``revoke(terminate=True)``) sends it
+with state ``TERMINATED`` on its way out; a SIGKILLed child sends none. A failing task
+also sends ``capture_error()``'s ``$error`` event with the same task properties, once per
+task, also for failures only the main process notices (a hard time limit). Both are
+attributed to ``anonymous_id="celery:<worker node name>"`` unless ``user_id`` (a function
+of the task, for example reading a header) returns a user.
 """
 
 from __future__ import annotations
@@ -52,20 +54,23 @@ import os
 import socket
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from celery import signals  # type: ignore[import-untyped]
+from celery import signals  # type: ignore[import-untyped,import-not-found,unused-ignore]
 
 import mpsender
 from mpsender import _api
 
-__all__ = ["DEFAULT_TASK_EVENT", "connect", "disconnect"]
+__all__ = ["DEFAULT_TASK_EVENT", "TERMINATED", "connect", "disconnect"]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TASK_EVENT = "Celery Task Finished"
+#: the ``state`` of a task whose process was terminated before it had an outcome
+TERMINATED = "TERMINATED"
 
 _UID = "mpsender.integrations.celery."
 
@@ -85,6 +90,10 @@ _settings: _Settings | None = None
 # threads pool and eager calls run several, so the dict is shared under a lock.
 _started: dict[str, float] = {}
 _started_lock = threading.Lock()
+# Celery 5.5+ sends task_failure twice in the main process for a hard time limit (from
+# on_timeout, then again when the pool reports the job): one $error per task is enough.
+_failed: OrderedDict[str, None] = OrderedDict()
+_FAILED_KEPT = 1024
 
 
 def connect(
@@ -232,7 +241,9 @@ def _on_task_postrun(sender: Any = None, task_id: str | None = None, task: Any =
         return
     try:
         props = _task_properties(task, task_id)
-        props["state"] = state
+        # None: the task never reached an outcome; its child was terminated (hard time
+        # limit, revoke(terminate=True)) and sends this on its way out
+        props["state"] = state or TERMINATED
         if started is not None:
             props["duration"] = time.perf_counter() - started
         mpsender.track(settings.task_event, properties=props, **_identity(settings, task))
@@ -245,6 +256,13 @@ def _on_task_failure(sender: Any = None, task_id: str | None = None, exception: 
     settings = _wanted(sender)
     if settings is None or exception is None:
         return
+    if task_id is not None:
+        with _started_lock:
+            if task_id in _failed:
+                return  # the same failure reported again
+            _failed[task_id] = None
+            if len(_failed) > _FAILED_KEPT:
+                _failed.popitem(last=False)
     try:
         mpsender.capture_error(exception, properties=_task_properties(sender, task_id),
                                **_identity(settings, sender))

@@ -1,4 +1,4 @@
-"""gunicorn server hooks: ONE sender for the whole server, with any worker class.
+"""gunicorn server hooks: ONE sender for the whole server (sync and gthread workers alike).
 
 In ``gunicorn.conf.py``::
 
@@ -38,7 +38,6 @@ server runs on (``track()`` still raises on a missing configuration, at the call
 
 from __future__ import annotations
 
-import logging
 import os
 from typing import Protocol
 
@@ -46,8 +45,6 @@ import mpsender
 from mpsender import _api
 
 __all__ = ["EXIT_FLUSH_TIMEOUT", "WORKER_ENV", "on_exit", "on_starting", "post_fork", "worker_exit"]
-
-logger = logging.getLogger(__name__)
 
 #: Seconds ``worker_exit``/``on_exit`` wait for the endpoint to accept what the process
 #: tracked. Short on purpose: gunicorn SIGKILLs a worker that is slow to leave after a

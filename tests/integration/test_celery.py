@@ -1,0 +1,274 @@
+"""A real Celery prefork worker running examples/celery_app: every task's events arrive.
+
+The worker runs the example's own ``tasks.py`` and ``celeryconfig.py`` (kombu's filesystem
+transport, a file result store: no server needed) in a session of its own, ended with
+killpg at teardown; tasks are sent by a separate producer process; its output is shown
+when a test fails.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mpsender._collector import Collector
+from support import REPO, app_env, check, live_sender_pids, run_app, wait_for
+
+EXAMPLE = REPO / "examples" / "celery_app"
+_names = itertools.count()
+
+TASK_EVENT = "Celery Task Finished"
+
+
+class CeleryWorker:
+    """``celery -A tasks worker`` (prefork) in a session of its own."""
+
+    def __init__(self, tmp_path: Path, env: dict[str, str], args: list[str]) -> None:
+        n = next(_names)
+        self.log = tmp_path / f"celery-{n}.log"
+        self.cmd = [
+            sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork",
+            "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
+            "--hostname", f"w{n}@localhost", *args,
+        ]
+        self.env = env
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> CeleryWorker:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=str(EXAMPLE), stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        if not wait_for(self._ready, timeout):
+            raise AssertionError(f"the worker was not ready within {timeout}s\n{self.output()}")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the worker exited with {self.proc.returncode}\n{self.output()}")
+        return " ready." in self.log.read_text(errors="replace")
+
+    def stop(self, timeout: float = 60.0) -> int:
+        """Warm shutdown (TERM): running tasks finish; the exit code. With the filesystem
+        transport (a polling loop) an idle worker takes Celery about 6 s, mpsender or not."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the worker did not stop within {timeout}s\n{self.output()}") from None
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is gone already
+        self.proc.wait(10)
+
+    def output(self) -> str:
+        try:
+            return "celery output:\n" + self.log.read_text(errors="replace")[-20000:]
+        except OSError as exc:
+            return f"(no celery output: {exc})"
+
+
+@pytest.fixture
+def workers() -> Iterator[list[CeleryWorker]]:
+    """Every worker a test starts; each process group is SIGKILLed at teardown."""
+    made: list[CeleryWorker] = []
+    yield made
+    for worker in made:
+        worker.kill()
+
+
+@pytest.fixture
+def env(collector: Collector, runtime_dir: str, tmp_path: Path) -> dict[str, str]:
+    """mpsender through MPSENDER_* (with pid enrichment); the example's broker in tmp_path."""
+    env = app_env(collector.url, runtime_dir, flush_interval=0.05, linger=10, enrich=1)
+    env["CELERY_DATA_DIR"] = str(tmp_path / "celery-data")
+    env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLE), env["PYTHONPATH"]])
+    return env
+
+
+def send(env: dict[str, str], calls: str) -> list[str]:
+    """Send tasks from a producer process of its own; the task ids, in order."""
+    code = f"""
+import tasks
+results = [{calls}]
+print(" ".join(r.id for r in results))
+"""
+    return check(run_app(code, env)).split()
+
+
+def by_event(collector: Collector, name: str) -> list[dict[str, Any]]:
+    return [e for e in collector.events() if e.get("event") == name]
+
+
+def results(env: dict[str, str], status: str) -> dict[str, dict[str, Any]]:
+    """task id -> stored result, for every task whose result file says ``status``."""
+    out = {}
+    for path in (Path(env["CELERY_DATA_DIR"]) / "results").glob("celery-task-meta-*"):
+        try:
+            meta = json.loads(path.read_bytes())
+        except ValueError:
+            continue  # being written: read at the next poll
+        if meta["status"] == status:
+            out[meta["task_id"]] = meta
+    return out
+
+
+def completed(env: dict[str, str]) -> dict[str, tuple[Any, datetime]]:
+    """task id -> (result, when it was done), for every task the worker stored a success of."""
+    out = {}
+    for task_id, meta in results(env, "SUCCESS").items():
+        at = datetime.fromisoformat(meta["date_done"])
+        out[task_id] = (meta["result"], at if at.tzinfo else at.replace(tzinfo=timezone.utc))
+    return out
+
+
+def unique_per_key(events: list[dict[str, Any]], key: Any) -> dict[Any, set[str]]:
+    out: dict[Any, set[str]] = {}
+    for e in events:
+        out.setdefault(key(e), set()).add(e["messageId"])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("concurrency", [2, 4])
+def test_max_tasks_per_child_1_every_task_gives_its_events(
+        concurrency: int, tmp_path: Path, collector: Collector, runtime_dir: str,
+        env: dict[str, str], workers: list[CeleryWorker]) -> None:
+    """Prefork, max_tasks_per_child=1 (every child leaves through os._exit after one task):
+    N tasks give exactly N task events and N task-finished events, through one sender."""
+    worker = CeleryWorker(tmp_path, env, ["--concurrency", str(concurrency), "--max-tasks-per-child", "1"])
+    workers.append(worker)
+    worker.start()
+    n = 24
+    ids = send(env, f"tasks.signup.delay(f'user-{{i}}', 'pro') for i in range({n})")
+    assert collector.wait_for(
+        lambda c: len({e["messageId"] for e in by_event(c, TASK_EVENT)}) >= n, 60), worker.output()
+
+    signups = unique_per_key(by_event(collector, "Signed Up"), lambda e: e["userId"])
+    assert signups.keys() == {f"user-{i}" for i in range(n)}, worker.output()
+    assert all(len(m) == 1 for m in signups.values()), signups
+    finished = unique_per_key(by_event(collector, TASK_EVENT), lambda e: e["properties"]["task_id"])
+    assert finished.keys() == set(ids)
+    assert all(len(m) == 1 for m in finished.values()), finished
+    assert len(set(collector.message_ids())) == 2 * n  # nothing else came
+    for e in by_event(collector, TASK_EVENT):
+        p = e["properties"]
+        assert (p["task"], p["state"], p["queue"], p["retries"]) == ("tasks.signup", "SUCCESS", "celery", 0)
+        assert 0 < p["duration"] < 10
+        assert e["anonymousId"].startswith("celery:w")
+    # every task ran in a child of its own, and they all met one sender
+    pids = {e["context"]["pid"] for e in by_event(collector, "Signed Up")}
+    assert len(pids) == n, f"{len(pids)} child pids for {n} tasks"
+    assert len(live_sender_pids(runtime_dir)) == 1
+
+
+@pytest.mark.slow
+def test_warm_shutdown_under_load_delivers_every_completed_task(
+        tmp_path: Path, collector: Collector, runtime_dir: str, env: dict[str, str],
+        workers: list[CeleryWorker]) -> None:
+    """TERM (warm shutdown) while tasks run: the tasks in progress finish, and every task
+    that completed (before or during the shutdown) has its events, once each.
+
+    Without max_tasks_per_child: with it, Celery's warm shutdown SIGKILLs the children
+    that are mid-task (and restores their messages), mpsender or not."""
+    worker = CeleryWorker(tmp_path, env, ["--concurrency", "3"])
+    workers.append(worker)
+    worker.start()
+    n = 60
+    send(env, f"tasks.export_report.delay(f'user-{{i}}', 0.3) for i in range({n})")
+    # TERM while a task runs (task_track_started: its result says STARTED)
+    assert wait_for(lambda: len(completed(env)) >= 6 and results(env, "STARTED"), 60), worker.output()
+    term_at = datetime.now(timezone.utc)
+    assert worker.stop() == 0, worker.output()
+    done = completed(env)
+    assert 6 <= len(done) < n, f"{len(done)} of {n} completed: the stop came too late to test anything"
+    finished_late = [t for t, (_, at) in done.items() if at > term_at]
+    assert finished_late, "no task was in progress at the TERM: nothing tested"
+
+    users = {user for user, _ in done.values()}
+    assert collector.wait_for(
+        lambda c: users <= {e["userId"] for e in by_event(c, "Report Exported")}
+        and set(done) <= {e["properties"]["task_id"] for e in by_event(c, TASK_EVENT)}, 30), worker.output()
+    exported = unique_per_key(by_event(collector, "Report Exported"), lambda e: e["userId"])
+    assert all(len(m) == 1 for m in exported.values()), exported
+    assert set(exported) == users  # no task that did not complete has an event
+    finished = unique_per_key(by_event(collector, TASK_EVENT), lambda e: e["properties"]["task_id"])
+    assert set(finished) == set(done) and all(len(m) == 1 for m in finished.values()), finished
+    assert len(live_sender_pids(runtime_dir)) == 1
+
+
+@pytest.mark.slow
+def test_a_failing_task_sends_its_error_event(
+        tmp_path: Path, collector: Collector, runtime_dir: str, env: dict[str, str],
+        workers: list[CeleryWorker]) -> None:
+    """With task instrumentation on, a task that raises gives a $error event naming the
+    exception type and a task-finished event in state FAILURE; a task killed at its hard
+    time limit gives one $error event (from the main process) and one in state TERMINATED."""
+    worker = CeleryWorker(tmp_path, env, ["--concurrency", "2"])
+    workers.append(worker)
+    worker.start()
+    ok_id, failed_id, killed_id = send(
+        env, "tasks.charge.delay('u1', 500), tasks.charge.delay('u2', 200_000), "
+             "tasks.export_report.apply_async(('u3', 60), time_limit=1)")
+    assert collector.wait_for(lambda c: len(by_event(c, TASK_EVENT)) >= 2 and len(by_event(c, "$error")) >= 2,
+                              30), worker.output()
+    errors = {e["properties"]["task_id"]: e for e in by_event(collector, "$error")}
+    assert errors.keys() == {failed_id, killed_id}
+    assert len({e["messageId"] for e in by_event(collector, "$error")}) == 2  # one per failed task
+    props = errors[failed_id]["properties"]
+    assert props["error_type"] == "tasks.PaymentDeclined"
+    assert re.search(r"card of u2 refused for 200000 cents", props["error_message"])
+    assert (props["task"], props["queue"]) == ("tasks.charge", "celery")
+    assert props["stack"] and props["fingerprint"]
+    killed = errors[killed_id]["properties"]
+    assert (killed["error_type"], killed["task"]) == ("billiard.exceptions.TimeLimitExceeded", "tasks.export_report")
+    # the child terminated at the time limit says so on its way out
+    assert collector.wait_for(lambda c: len(by_event(c, TASK_EVENT)) >= 3, 10), worker.output()
+    states = {e["properties"]["task_id"]: e["properties"]["state"] for e in by_event(collector, TASK_EVENT)}
+    assert states == {ok_id: "SUCCESS", failed_id: "FAILURE", killed_id: "TERMINATED"}
+    assert [e["userId"] for e in by_event(collector, "Payment Charged")] == ["u1"]
+    assert not by_event(collector, "Report Exported")
+
+
+def test_connecting_twice_sends_each_event_once(collector: Collector, runtime_dir: str, env: dict[str, str]) -> None:
+    """connect() called again (here on top of the example's own call) changes nothing:
+    a task run through Celery's tracer (apply) gives one task event and one $error; after
+    disconnect() it gives none."""
+    code = """
+import mpsender, mpsender.integrations.celery as mc
+import tasks
+mc.connect(tasks.app, instrument_tasks=True)
+mc.connect(tasks.app, instrument_tasks=True)
+assert tasks.signup.apply(("u1", "pro")).successful()
+assert tasks.charge.apply(("u2", 200_000)).failed()
+mc.disconnect()
+assert tasks.signup.apply(("u3", "pro")).successful()
+assert mpsender.flush(20)
+print("ok")
+"""
+    assert check(run_app(code, env)).strip() == "ok"
+    finished = by_event(collector, TASK_EVENT)
+    assert sorted(e["properties"]["state"] for e in finished) == ["FAILURE", "SUCCESS"]
+    errors = by_event(collector, "$error")
+    assert [e["properties"]["error_type"] for e in errors] == ["tasks.PaymentDeclined"]
+    assert [e["userId"] for e in by_event(collector, "Signed Up")] == ["u1", "u3"]
+    # two Signed Up, two task events (none after disconnect()), one $error: no doubles
+    assert len(collector.message_ids()) == 5
