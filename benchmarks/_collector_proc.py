@@ -1,0 +1,85 @@
+"""The local collector in a process of its own, driven over stdin/stdout (benchmarks only).
+
+The collector serves from threads; a benchmark parent that forks or spawns producers
+must have none, and the collector's CPU must not be charged to the producers. So it
+runs here. Protocol, one JSON object per line:
+
+* on start it prints ``{"url": ..., "pid": ...}``;
+* ``{"cmd": "target", "n": N}`` -> a thread starts watching for N stored events (woken
+  by every request, no polling) and notes ``time.monotonic()`` (system-wide on Linux,
+  so comparable with the producers' clocks) when they are there;
+* ``{"cmd": "wait", "timeout": T}`` -> waits up to T for that target and answers
+  ``{"ok", "count", "distinct", "done_at"}``;
+* ``{"cmd": "stats"}`` -> ``{"count", "distinct", "requests", "cpu"}``;
+* end of stdin -> stop and exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import sys
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from mpsender._collector import Collector  # noqa: E402
+
+
+def _distinct(db_path: str) -> int:
+    db = sqlite3.connect(db_path)
+    try:
+        return int(db.execute("SELECT count(DISTINCT message_id) FROM events").fetchone()[0])
+    finally:
+        db.close()
+
+
+def main() -> int:
+    db_path = sys.argv[1]
+    collector = Collector(db_path, max_records=1000).start()
+    out = sys.stdout
+    out.write(json.dumps({"url": collector.url, "pid": os.getpid()}) + "\n")
+    out.flush()
+    done_at: list[float] = []
+    watcher: threading.Thread | None = None
+    try:
+        for line in sys.stdin:
+            msg = json.loads(line)
+            if msg["cmd"] == "target":
+                n = int(msg["n"])
+                done_at.clear()
+
+                def enough(c: Collector, n: int = n) -> bool:
+                    if c.count() >= n:
+                        if not done_at:
+                            done_at.append(time.monotonic())
+                        return True
+                    return False
+
+                watcher = threading.Thread(target=collector.wait_for, args=(enough, 3600.0), daemon=True)
+                watcher.start()
+                answer: dict[str, object] = {"ok": True}
+            elif msg["cmd"] == "wait":
+                if watcher is not None:
+                    watcher.join(float(msg["timeout"]))
+                answer = {"ok": bool(done_at), "count": collector.count(), "distinct": _distinct(db_path),
+                          "done_at": done_at[0] if done_at else None}
+            elif msg["cmd"] == "stats":
+                totals = collector.totals()
+                cpu = os.times()
+                answer = {"count": totals["events"], "requests": totals["requests"],
+                          "errors": {str(k): v for k, v in totals["errors"].items()},
+                          "distinct": _distinct(db_path), "cpu": cpu.user + cpu.system}
+            else:
+                answer = {"error": f"unknown command {msg['cmd']!r}"}
+            out.write(json.dumps(answer) + "\n")
+            out.flush()
+    finally:
+        collector.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

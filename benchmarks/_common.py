@@ -1,0 +1,301 @@
+"""Shared pieces of the benchmarks: the event, the machine, the collector process, the
+sender's pid, and how a worker process is started and read. Benchmarks only.
+
+Every measured process is a fresh interpreter started with ``subprocess`` (the parent
+has no threads, and nothing it imported leaks into a measured process). A worker
+prints one JSON line with its results; the parent prints tables.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from collections.abc import Sequence
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+PYTHON = sys.executable
+#: where the measured mpsender is imported from: this checkout, or another one given
+#: by BENCH_LIBPATH (to measure a change against the same harness and collector)
+LIBPATH = os.environ.get("BENCH_LIBPATH") or str(REPO)
+if LIBPATH != str(REPO):
+    sys.path.insert(0, LIBPATH)
+
+sys.path.insert(0, str(REPO / "tests"))
+from support import kill_senders  # noqa: E402
+
+# --- the workload: the same event for every library ------------------------------------
+
+EVENT = "Order Completed"
+USER_ID = "user-8d2c41"
+#: 8 properties of mixed types (str, int, float, bool, None, list, nested dict); the same
+#: dict object is passed to every library.
+PROPERTIES: dict[str, Any] = {
+    "order_id": "ord-20261123-0042",
+    "revenue": 49.95,
+    "items": 3,
+    "coupon": None,
+    "first_order": False,
+    "currency": "EUR",
+    "skus": ["sku-1", "sku-22", "sku-333"],
+    "shipping": {"method": "express", "days": 2},
+}
+WRITE_KEY = "bench-write-key"
+
+
+def padded_properties(size: int) -> dict[str, Any]:
+    """The 8 properties, with a ``note`` string making the packed record about ``size`` bytes."""
+    base = dict(PROPERTIES)
+    import msgpack  # the record's size as the app writes it
+
+    overhead = len(msgpack.packb({"t": "track", "e": EVENT, "u": USER_ID, "m": b"x" * 16,
+                                  "ts": 1.0, "p": {**base, "note": ""}}))
+    base["note"] = "x" * max(0, size - overhead)
+    return base
+
+
+# --- the machine -------------------------------------------------------------------------
+
+
+def machine() -> dict[str, str]:
+    cpu = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = {}
+    for name, dist in (("mpsender", "mpsender"), ("msgpack", "msgpack"), ("httpx", "httpx"),
+                       ("segment", "segment-analytics-python"), ("posthog", "posthog")):
+        try:
+            from importlib.metadata import version
+
+            versions[name] = version(dist)
+        except Exception:  # noqa: BLE001 - not installed: say so in the table
+            versions[name] = "-"
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "nproc": str(os.cpu_count()),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        "kernel": platform.release(),
+        "versions": ", ".join(f"{k} {v}" for k, v in versions.items()),
+    }
+
+
+def machine_line() -> str:
+    m = machine()
+    load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
+    return (f"{m['date']} · {m['nproc']} cores ({m['cpu']}) · Python {m['python']} · "
+            f"Linux {m['kernel']} · {m['versions']} · load average {load} at start")
+
+
+# --- numbers ---------------------------------------------------------------------------
+
+
+def summarize_ns(samples: Sequence[int]) -> dict[str, float]:
+    """Median, p99, p99.9, mean and max in µs of per-call timings in ns."""
+    s = sorted(samples)
+    n = len(s)
+    if not n:
+        return {"median": float("nan"), "p99": float("nan"), "p999": float("nan"),
+                "mean": float("nan"), "max": float("nan"), "n": 0}
+    return {
+        "median": s[n // 2] / 1000, "p99": s[min(n - 1, int(n * 0.99))] / 1000,
+        "p999": s[min(n - 1, int(n * 0.999))] / 1000, "mean": sum(s) / n / 1000,
+        "max": s[-1] / 1000, "n": n,
+    }
+
+
+def rss_kib() -> int:
+    """This process's resident set now, in KiB."""
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+
+
+def proc_status(pid: int) -> dict[str, int]:
+    """VmRSS and VmHWM (peak RSS) of ``pid``, in KiB."""
+    out = {}
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                key, value = line.split(":", 1)
+                out[key] = int(value.split()[0])
+    except OSError:
+        pass
+    return out
+
+
+def proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of ``pid`` (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick
+
+
+# --- the collector, in its own process ------------------------------------------------------
+
+
+class CollectorProcess:
+    """``mpsender._collector.Collector`` on 127.0.0.1 in a child process with a fresh database."""
+
+    def __init__(self, workdir: str) -> None:
+        self.db = os.path.join(workdir, f"collector-{time.monotonic_ns()}.db")
+        self.proc = subprocess.Popen(
+            [PYTHON, str(HERE / "_collector_proc.py"), self.db],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(REPO),
+            start_new_session=True,
+        )
+        assert self.proc.stdout is not None
+        hello = json.loads(self.proc.stdout.readline())
+        self.url: str = hello["url"]
+        self.pid: int = hello["pid"]
+
+    def _ask(self, msg: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(msg) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the collector process died")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def target(self, n: int) -> None:
+        """Note the moment ``n`` events are stored (from now on)."""
+        self._ask({"cmd": "target", "n": n})
+
+    def wait(self, timeout: float) -> dict[str, Any]:
+        """Wait up to ``timeout`` for the target; ``done_at`` is when it was reached."""
+        return self._ask({"cmd": "wait", "timeout": timeout})
+
+    def stats(self) -> dict[str, Any]:
+        return self._ask({"cmd": "stats"})
+
+    def cpu(self) -> float:
+        return proc_cpu(self.pid)
+
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                os.unlink(self.db + suffix)
+            except FileNotFoundError:
+                pass
+
+
+# --- the mpsender sender -----------------------------------------------------------------------
+
+
+def new_runtime_dir() -> str:
+    """A short private runtime directory (socket paths must fit in 107 bytes)."""
+    return tempfile.mkdtemp(prefix="mpb-", dir="/tmp")
+
+
+def sender_pid(runtime_dir: str) -> int | None:
+    for info in Path(runtime_dir).glob("*/sender.json"):
+        try:
+            return int(json.loads(info.read_text())["pid"])
+        except (OSError, ValueError, KeyError):
+            continue
+    return None
+
+
+def end_runtime_dir(runtime_dir: str) -> None:
+    """Kill every sender started under ``runtime_dir`` (by pid) and remove it."""
+    kill_senders(runtime_dir)
+    shutil.rmtree(runtime_dir, ignore_errors=True)
+
+
+# --- workers ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """A measured process running ``_worker.py`` with a JSON spec."""
+
+    proc: subprocess.Popen[str]
+    stderr_path: str
+
+    @classmethod
+    def start(cls, spec: dict[str, Any], workdir: str, *, pythonpath: str | None = None) -> Worker:
+        stderr_path = os.path.join(workdir, f"worker-{time.monotonic_ns()}.err")
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath or LIBPATH, env.get("PYTHONPATH", "")]))
+        env.pop("PYTHONSTARTUP", None)
+        with open(stderr_path, "w") as err:
+            proc = subprocess.Popen(
+                [PYTHON, str(HERE / "_worker.py"), json.dumps(spec)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True,
+                cwd=str(REPO), env=env, start_new_session=True,
+            )
+        return cls(proc, stderr_path)
+
+    def readline(self) -> str:
+        assert self.proc.stdout is not None
+        return self.proc.stdout.readline()
+
+    def expect(self, word: str) -> None:
+        line = self.readline().strip()
+        if line != word:
+            raise RuntimeError(f"worker said {line!r}, expected {word!r}\n{self.stderr()}")
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        line = self.readline()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if not line:
+            raise RuntimeError(f"worker exited {self.proc.returncode} without a result\n{self.stderr()}")
+        return json.loads(line)  # type: ignore[no-any-return]
+
+    def stderr(self) -> str:
+        try:
+            return Path(self.stderr_path).read_text()[-4000:]
+        except OSError:
+            return ""
+
+    def stderr_lines(self) -> int:
+        try:
+            with open(self.stderr_path) as fh:
+                return sum(1 for _ in fh)
+        except OSError:
+            return 0
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def fmt(value: float | None, spec: str = ".1f") -> str:
+    if value is None or value != value:  # None or NaN
+        return "-"
+    return format(value, spec)

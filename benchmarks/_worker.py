@@ -1,0 +1,279 @@
+"""A measured application process (benchmarks only): ``python _worker.py '<json spec>'``.
+
+Roles:
+
+* ``run``: build one library's client, say ``ready``, wait for ``go`` on stdin (when
+  ``sync``), call track() ``n`` times timing each call with ``perf_counter_ns`` in this
+  thread, then (``finish``) flush/shut down as the library documents, and print one JSON
+  line of results. Without ``finish`` it leaves through ``os._exit`` right after
+  printing, so a peer's exit-time flush is not waited for (that run measures the calling
+  thread only).
+* ``floor``: the same timing loop around ``msgpack.packb`` of mpsender's record, a bare
+  ``send()`` of its frame on a SOCK_SEQPACKET socket drained by a forked reader, and an
+  ``os.write`` of it to an O_APPEND file.
+
+Results: per-call median/p99/p99.9/mean/max in µs, RSS (KiB) after each tenth of the
+calls, peak RSS, this process's CPU seconds (every thread: a peer's upload thread is
+charged here), monotonic times of the first call, the last call and the end of finish().
+"""
+
+from __future__ import annotations
+
+import array
+import gc
+import json
+import os
+import resource
+import socket
+import sys
+import time
+import zlib
+from typing import Any, Callable
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import EVENT, PROPERTIES, USER_ID, WRITE_KEY, padded_properties, rss_kib, summarize_ns  # noqa: E402
+
+pc = time.perf_counter_ns
+
+
+def _cpu() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+# --- one client per library ----------------------------------------------------------------
+
+
+def setup(lib: str, spec: dict[str, Any]) -> tuple[Any, Callable[[], None]]:
+    opts = dict(spec.get("opts", {}))
+    url = spec["url"]
+    if lib == "mpsender":
+        import mpsender
+
+        mp = mpsender.Client(WRITE_KEY, url, runtime_dir=spec["runtime_dir"], **opts)
+        mp.start()
+
+        def finish() -> None:
+            pass  # nothing to do at exit: the events are in this process's spool file
+
+        return mp, finish
+    if lib == "segment":
+        from segment.analytics import Client as SegmentClient
+
+        seg = SegmentClient(WRITE_KEY, host=url, **opts)
+
+        def finish() -> None:
+            seg.flush()   # their documented exit: drain the queue, then stop the thread
+            seg.join()
+
+        return seg, finish
+    if lib == "posthog":
+        from posthog import Posthog
+
+        ph = Posthog(WRITE_KEY, host=url, **opts)
+
+        def finish() -> None:
+            ph.flush()
+            ph.shutdown()
+
+        return ph, finish
+    raise SystemExit(f"unknown library {lib!r}")
+
+
+def timed_loop(lib: str, client: Any, n: int, props: dict[str, Any],
+               times: array.array[int], rss: list[int]) -> int:
+    """n calls, each timed alone; RSS sampled after each tenth (outside the timings)."""
+    dropped = 0
+    step = max(1, n // 10)
+    i = 0
+    if lib == "mpsender":
+        track = client.track
+        while i < n:
+            for j in range(i, min(n, i + step)):
+                t0 = pc()
+                track(EVENT, user_id=USER_ID, properties=props)
+                times[j] = pc() - t0
+            i = min(n, i + step)
+            rss.append(rss_kib())
+    elif lib == "segment":
+        track = client.track
+        while i < n:
+            for j in range(i, min(n, i + step)):
+                t0 = pc()
+                r = track(USER_ID, EVENT, props)
+                times[j] = pc() - t0
+                if not r[0]:
+                    dropped += 1  # their queue was full: the event is gone
+            i = min(n, i + step)
+            rss.append(rss_kib())
+    elif lib == "posthog":
+        capture = client.capture
+        while i < n:
+            for j in range(i, min(n, i + step)):
+                t0 = pc()
+                r = capture(EVENT, distinct_id=USER_ID, properties=props)
+                times[j] = pc() - t0
+                if r is None:
+                    dropped += 1  # their queue was full: the event is gone
+            i = min(n, i + step)
+            rss.append(rss_kib())
+    return dropped
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    lib = spec["lib"]
+    n = int(spec["n"])
+    props = padded_properties(spec["size"]) if spec.get("size") else PROPERTIES
+    rss0 = rss_kib()
+    client, finish = setup(lib, spec)
+    # machine integers: a list would allocate an int object per timing and show up
+    # as RSS growth of the process being measured
+    times = array.array("q", bytes(8 * n))
+    rss: list[int] = []
+    gc.collect()
+    print("ready", flush=True)
+    if spec.get("sync"):
+        if sys.stdin.readline().strip() != "go":
+            raise SystemExit("no go")
+    cpu0 = _cpu()
+    rss_start = rss_kib()
+    t_first = time.monotonic()
+    dropped = timed_loop(lib, client, n, props, times, rss)
+    t_tracked = time.monotonic()
+    cpu_tracked = _cpu()
+    if spec.get("finish", True):
+        finish()
+    t_finished = time.monotonic()
+    if lib == "mpsender":
+        st = client.stats(timeout=0.0).process
+        dropped = sum(st.dropped.values())
+    result = {
+        "lib": lib, "n": n, "times": summarize_ns(times), "dropped": dropped,
+        "rss_before_client": rss0, "rss_start": rss_start, "rss": rss,
+        "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+        "cpu_tracking": cpu_tracked - cpu0, "cpu": _cpu() - cpu0,
+        "t_first": t_first, "t_tracked": t_tracked, "t_finished": t_finished,
+    }
+    print(json.dumps(result), flush=True)
+    if not spec.get("finish", True):
+        os._exit(0)  # the calling thread is measured; a peer's exit-time flush is not
+    return result
+
+
+# --- the floor ----------------------------------------------------------------------------------
+
+
+def floor(spec: dict[str, Any]) -> dict[str, Any]:
+    import msgpack
+
+    from mpsender._framing import frame
+
+    n = int(spec["n"])
+    record = {"t": "track", "e": EVENT, "p": PROPERTIES, "u": USER_ID,
+              "m": os.urandom(16), "ts": time.time()}
+    packb = msgpack.packb
+    data = frame(packb(record))
+    out: dict[str, Any] = {"record_bytes": len(data)}
+    times = array.array("q", bytes(8 * n))
+
+    for j in range(n):
+        t0 = pc()
+        pc()
+        times[j] = pc() - t0
+    out["timer"] = summarize_ns(times)
+
+    for j in range(n):
+        t0 = pc()
+        packb(record)
+        times[j] = pc() - t0
+    out["packb"] = summarize_ns(times)
+
+    packer = msgpack.Packer()
+    pack = packer.pack
+    for j in range(n):
+        t0 = pc()
+        pack(record)
+        times[j] = pc() - t0
+    out["packer"] = summarize_ns(times)
+
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    pid = os.fork()
+    if pid == 0:  # the reader: drain until the writer closes (no threads in this process)
+        a.close()
+        buf = bytearray(1 << 17)
+        try:
+            while b.recv_into(buf):
+                pass
+        finally:
+            os._exit(0)
+    b.close()
+    send = a.send
+    for j in range(n):
+        t0 = pc()
+        send(data)
+        times[j] = pc() - t0
+    a.close()
+    os.waitpid(pid, 0)
+    out["send"] = summarize_ns(times)
+
+    path = os.path.join(spec["workdir"], "floor.wal")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_TRUNC, 0o600)
+    write = os.write
+    for j in range(n):
+        t0 = pc()
+        write(fd, data)
+        times[j] = pc() - t0
+    os.close(fd)
+    os.unlink(path)
+    out["write"] = summarize_ns(times)
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def blast(spec: dict[str, Any]) -> dict[str, Any]:
+    """The collector's ceiling: ready-made gzipped Segment batches posted back to back over
+    one kept-alive connection (as the sender does), so no sender cost at all."""
+    import base64
+    import uuid
+
+    import httpx
+
+    n, size = int(spec["n"]), int(spec.get("batch", 1000))
+    event = {"type": "track", "messageId": "", "timestamp": "2026-01-01T00:00:00.000Z", "userId": USER_ID,
+             "context": {"library": {"name": "mpsender", "version": "0"}}, "event": EVENT,
+             "properties": PROPERTIES}
+    bodies = []
+    for start in range(0, n, size):
+        batch = [{**event, "messageId": str(uuid.uuid4())} for _ in range(min(size, n - start))]
+        raw = json.dumps({"batch": batch, "sentAt": "2026-01-01T00:00:00.000Z"}, separators=(",", ":")).encode()
+        comp = zlib.compressobj(1, zlib.DEFLATED, 31)
+        bodies.append(comp.compress(raw) + comp.flush())
+    headers = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode(),
+               "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    url = spec["url"] + "/v1/batch"
+    with httpx.Client(timeout=60) as http:
+        print("ready", flush=True)
+        if sys.stdin.readline().strip() != "go":
+            raise SystemExit("no go")
+        t_first = time.monotonic()
+        for body in bodies:
+            http.post(url, content=body, headers=headers).raise_for_status()
+    out = {"t_first": t_first, "t_finished": time.monotonic(), "requests": len(bodies)}
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main() -> int:
+    spec = json.loads(sys.argv[1])
+    if spec["role"] == "floor":
+        floor(spec)
+    elif spec["role"] == "blast":
+        blast(spec)
+    else:
+        run(spec)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
