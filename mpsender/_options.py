@@ -68,9 +68,9 @@ class Options:
     #: the socket and spill to the file only when the socket is full (False: a little
     #: cheaper, but a SIGKILLed sender loses the events waiting in its memory and sockets)
     journal: bool = True
-    #: sender: fsync new spool data this often (None: never; the page cache survives
+    #: sender: fsync the spool files this often (None: never; the page cache survives
     #: any process death, not a power cut)
-    fsync_interval: float | None = None
+    fsync_interval: float | None = 1.0
     #: where sockets, locks and logs live (default: <tmp>/mpsender-<uid>)
     runtime_dir: str | None = None
     #: where the write-ahead spool lives (default: <runtime_dir>/<destination>/spool)

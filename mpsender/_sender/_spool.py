@@ -62,6 +62,7 @@ class WalFile:
     size: int = 0            # last size seen
     taken: int = 0           # end of the last record handed out (or dropped)
     outstanding: int = 0     # records handed to the uploader and not yet committed
+    synced: int = 0          # size at the last fsync
     buffered: collections.deque[Entry] = field(default_factory=collections.deque)
 
 
@@ -373,12 +374,15 @@ class Spool:
         return dropped
 
     def fsync(self) -> None:
+        """fsync every file that grew since it was last synced (writers gone included)."""
         for wf in list(self.files.values()):
-            if not wf.final:
-                try:
+            try:
+                size = os.fstat(wf.fd).st_size
+                if size > wf.synced:
                     os.fsync(wf.fd)
-                except OSError as exc:
-                    logger.warning("fsync %s: %s", wf.path, exc)
+                    wf.synced = size
+            except OSError as exc:
+                logger.warning("fsync %s: %s", wf.path, exc)
 
     def count(self, reason: str, n: int = 1) -> None:
         self.counters.extra[reason] = self.counters.extra.get(reason, 0) + n
