@@ -19,6 +19,7 @@ import msgpack
 import psutil
 
 from .._framing import scan
+from .._sender._spool import parse_commits
 from ._common import CliError
 
 _CHUNK = 1 << 20
@@ -50,20 +51,7 @@ def commits(spool: Path) -> dict[str, int]:
         return {}
     except OSError as exc:
         raise unreadable(spool, exc) from exc
-    out: dict[str, int] = {}
-    unpacker = msgpack.Unpacker(raw=False)
-    unpacker.feed(data)
-    try:
-        for item in unpacker:
-            if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str):
-                name, offset = item
-                if offset is None:
-                    out.pop(name, None)
-                elif isinstance(offset, int):
-                    out[name] = max(offset, out.get(name, 0))
-    except (ValueError, msgpack.ExtraData):
-        pass  # a torn tail (a sender killed mid-write): what came before it stands
-    return out
+    return parse_commits(data)[0]
 
 
 def wal_files(spool: Path) -> list[WalInfo]:

@@ -30,6 +30,26 @@ _COMMITS = "commits.log"
 _COMPACT_AT = 1 << 20
 
 
+def parse_commits(data: bytes) -> tuple[dict[str, int], bool]:
+    """Committed offset per file from the bytes of ``commits.log`` (records
+    ``[name, offset]``, ``offset`` None once the file is deleted), and whether the log
+    ends in a torn record (a sender killed mid-write: what came before it stands)."""
+    out: dict[str, int] = {}
+    unpacker = msgpack.Unpacker(raw=False)
+    unpacker.feed(data)
+    try:
+        for item in unpacker:
+            if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str):
+                name, offset = item
+                if offset is None:
+                    out.pop(name, None)
+                elif isinstance(offset, int):
+                    out[name] = max(offset, out.get(name, 0))
+    except (ValueError, msgpack.ExtraData):
+        return out, True
+    return out, False
+
+
 @dataclass(slots=True)
 class Entry:
     """One record read from the spool. ``payload`` None: skipped (corrupt region)."""
@@ -100,17 +120,8 @@ class Spool:
                 data = fh.read()
         except FileNotFoundError:
             return
-        unpacker = msgpack.Unpacker(raw=False)
-        unpacker.feed(data)
-        try:
-            for item in unpacker:
-                if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str):
-                    name, offset = item
-                    if offset is None:
-                        self._commits.pop(name, None)
-                    elif isinstance(offset, int):
-                        self._commits[name] = max(offset, self._commits.get(name, 0))
-        except (ValueError, msgpack.ExtraData):
+        self._commits, torn = parse_commits(data)
+        if torn:
             logger.warning("commits.log has a torn tail; records after it are read again")
         existing = {n for n in os.listdir(self.dir) if n.endswith(".wal")}
         self._commits = {n: o for n, o in self._commits.items() if n in existing}
