@@ -110,3 +110,64 @@ def check(proc: subprocess.CompletedProcess[str]) -> str:
     """Assert a subprocess succeeded, showing its output when it did not."""
     assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
     return proc.stdout
+
+
+class ServerProcess:
+    """A server (a gunicorn master, a Celery worker) in a session of its own, its output
+    in a log file; ``kill()`` ends its whole process group. Subclasses say when it is ready."""
+
+    name = "server"
+
+    def __init__(self, cmd: list[str], env: Mapping[str, str], cwd: Path, log: Path) -> None:
+        self.cmd = cmd
+        self.env = dict(env)
+        self.cwd = cwd
+        self.log = log
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def ready(self) -> bool:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=str(self.cwd), stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        if not wait_for(self._ready, timeout):
+            raise AssertionError(f"{self.name} was not ready within {timeout}s\n{self.output()}")
+        return self
+
+    def _ready(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise AssertionError(f"{self.name} exited with {self.proc.returncode}\n{self.output()}")
+        return self.ready()
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """Graceful stop (TERM); the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} did not stop within {timeout}s\n{self.output()}") from None
+
+    def kill(self) -> None:
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass  # the group is gone already
+        self.proc.wait(10)
+
+    def output(self) -> str:
+        try:
+            return f"{self.name} output:\n" + self.log.read_text(errors="replace")[-20000:]
+        except OSError as exc:
+            return f"(no {self.name} output: {exc})"

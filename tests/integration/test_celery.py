@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from mpsender._collector import Collector
-from support import REPO, app_env, check, live_sender_pids, run_app, wait_for
+from support import REPO, ServerProcess, app_env, check, live_sender_pids, run_app, wait_for
 
 EXAMPLE = REPO / "examples" / "celery_app"
 _names = itertools.count()
@@ -31,59 +31,31 @@ _names = itertools.count()
 TASK_EVENT = "Celery Task Finished"
 
 
-class CeleryWorker:
+class CeleryWorker(ServerProcess):
     """``celery -A tasks worker`` (prefork) in a session of its own."""
+
+    name = "the worker"
 
     def __init__(self, tmp_path: Path, env: dict[str, str], args: list[str]) -> None:
         n = next(_names)
-        self.log = tmp_path / f"celery-{n}.log"
-        self.cmd = [
+        cmd = [
             sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork",
             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
             "--hostname", f"w{n}@localhost", *args,
         ]
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(cmd, env, EXAMPLE, tmp_path / f"celery-{n}.log")
 
     def start(self, timeout: float = 30.0) -> CeleryWorker:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=str(EXAMPLE), stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        if not wait_for(self._ready, timeout):
-            raise AssertionError(f"the worker was not ready within {timeout}s\n{self.output()}")
+        super().start(timeout)
         return self
 
-    def _ready(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"the worker exited with {self.proc.returncode}\n{self.output()}")
+    def ready(self) -> bool:
         return " ready." in self.log.read_text(errors="replace")
 
     def stop(self, timeout: float = 60.0) -> int:
         """Warm shutdown (TERM): running tasks finish; the exit code. With the filesystem
         transport (a polling loop) an idle worker takes Celery about 6 s, mpsender or not."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"the worker did not stop within {timeout}s\n{self.output()}") from None
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # the group is gone already
-        self.proc.wait(10)
-
-    def output(self) -> str:
-        try:
-            return "celery output:\n" + self.log.read_text(errors="replace")[-20000:]
-        except OSError as exc:
-            return f"(no celery output: {exc})"
+        return super().stop(timeout)
 
 
 @pytest.fixture

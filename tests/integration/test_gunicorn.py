@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from mpsender._collector import Collector
-from support import REPO, app_env, live_sender_pids, sender_infos, wait_for
+from support import REPO, ServerProcess, app_env, live_sender_pids, sender_infos, wait_for
 
 EXAMPLE = REPO / "examples" / "gunicorn_app"
 _names = itertools.count()
@@ -44,43 +44,31 @@ def _control_socket_args() -> list[str]:
     return ["--no-control-socket"] if "control_socket_disable" in names else []
 
 
-class Gunicorn:
+class Gunicorn(ServerProcess):
     """One gunicorn master (and its workers) in a session of its own."""
+
+    name = "gunicorn"
 
     def __init__(self, tmp_path: Path, env: dict[str, str], args: list[str], *,
                  conf: Path = EXAMPLE / "gunicorn.conf.py", app: str = "app:app") -> None:
         self.port = _free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = tmp_path / f"gunicorn-{next(_names)}.log"
-        self.cmd = [
+        cmd = [
             sys.executable, "-m", "gunicorn", "-c", str(conf), "--chdir", str(EXAMPLE),
             "--pythonpath", f"{EXAMPLE},{tmp_path}", "-b", f"127.0.0.1:{self.port}",
             "--graceful-timeout", "20", *_control_socket_args(), *args, app,
         ]
-        self.env = env
-        self.proc: subprocess.Popen[bytes] | None = None
+        super().__init__(cmd, env, EXAMPLE, tmp_path / f"gunicorn-{next(_names)}.log")
 
     def start(self, timeout: float = 30.0) -> Gunicorn:
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(self.cmd, env=self.env, cwd=str(EXAMPLE), stdout=out,
-                                         stderr=subprocess.STDOUT, start_new_session=True)
-        if not wait_for(self._healthy, timeout):
-            raise AssertionError(f"gunicorn did not answer within {timeout}s\n{self.output()}")
+        super().start(timeout)
         return self
 
-    def _healthy(self) -> bool:
-        assert self.proc is not None
-        if self.proc.poll() is not None:
-            raise AssertionError(f"gunicorn exited with {self.proc.returncode}\n{self.output()}")
+    def ready(self) -> bool:
         try:
             return httpx.get(self.url + "/health", timeout=1.0).status_code == 200
         except httpx.HTTPError:
             return False
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
 
     def workers(self) -> list[int]:
         """Live worker pids (children of the master that are not a sender launcher)."""
@@ -95,31 +83,6 @@ class Gunicorn:
 
     def signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """Graceful stop (TERM); the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(f"gunicorn did not stop within {timeout}s\n{self.output()}") from None
-
-    def kill(self) -> None:
-        if self.proc is None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass  # the group is gone already
-        self.proc.wait(10)
-
-    def output(self) -> str:
-        try:
-            return "gunicorn output:\n" + self.log.read_text(errors="replace")[-20000:]
-        except OSError as exc:
-            return f"(no gunicorn output: {exc})"
 
 
 @pytest.fixture

@@ -531,3 +531,153 @@ def test_max_records_keeps_the_latest_requests() -> None:
     c.close()
     assert [r.events for r in c.requests()] == [2, 3]
     assert c.totals()["requests"] == 3
+
+
+# -- the lean store (store="ids") ----------------------------------------------
+
+
+@pytest.fixture
+def lean() -> Iterator[Collector]:
+    """A started collector with store="ids" that checks the write key."""
+    c = Collector(write_key=KEY, store="ids").start()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("use_gzip", [False, True], ids=["plain", "gzip"])
+@pytest.mark.parametrize("fmt", ["segment", "posthog", "json"])
+def test_ids_store_records_ids_and_counts_per_format(tmp_path: Path, fmt: str, use_gzip: bool) -> None:
+    """store="ids": 200 for each format, the ids kept in arrival order, a count per request, no database file."""
+    db = tmp_path / "never.db"
+    c = Collector(db, write_key=KEY, store="ids")
+    with c, httpx.Client(base_url=c.url, timeout=5) as http:
+        for start in (0, 25):
+            events = make_events(fmt, 25)
+            for ev in events:
+                ev["uuid" if fmt == "posthog" else "messageId"] += f"-{start}"
+            response = post(http, fmt, events, use_gzip=use_gzip)
+            assert response.status_code == 200 and response.json() == {"success": True}
+    c.close()
+    prefix = "ph" if fmt == "posthog" else "seg"
+    assert c.message_ids() == [f"{prefix}-{i}-{start}" for start in (0, 25) for i in range(25)]
+    assert c.count() == 50 and c.store == "ids"
+    assert c.totals() == {"events": 50, "requests": 2, "errors": {}, "unanswered": 0}
+    assert [(r.status, r.events, r.gzip, r.format) for r in c.requests()] == [(200, 25, use_gzip, fmt)] * 2
+    assert not db.exists()
+
+
+def test_ids_store_keeps_ids_as_the_sqlite_store_does(tmp_path: Path) -> None:
+    """Duplicates kept, events without an id left out, a number kept as text: the same list in both stores."""
+    batches = [[segment_event(0), segment_event(1)],
+               [segment_event(1), {"type": "track", "event": "no id"}, {**segment_event(2), "messageId": 7}]]
+    found = {}
+    for store in ("sqlite", "ids"):
+        with Collector(tmp_path / f"{store}.db", store=store) as c, \
+                httpx.Client(base_url=c.url, timeout=5) as http:
+            for batch in batches:
+                assert post(http, "segment", batch).status_code == 200
+        found[store] = (c.message_ids(), c.count())
+        c.close()
+    assert found["ids"] == found["sqlite"] == (["seg-0", "seg-1", "seg-1", "7"], 5)
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_ids_store_refuses_bad_requests_as_the_sqlite_store_does(tmp_path: Path, case: str) -> None:
+    """Each kind of bad request gets the same 4xx and reason from both stores, and nothing is kept."""
+    method, path, content, headers, status, reason = BAD_REQUESTS[case]
+    answers = {}
+    for store in ("sqlite", "ids"):
+        with Collector(tmp_path / f"{store}.db", store=store) as c, \
+                httpx.Client(base_url=c.url, timeout=5) as http:
+            response = http.request(method, path, content=content, headers=headers)
+            answers[store] = (response.status_code, response.json())
+            assert c.count() == 0 and c.message_ids() == []
+            assert c.requests()[0].status == status
+            assert post(http, "segment", make_events("segment", 2)).status_code == 200  # still serving
+        c.close()
+    assert answers["ids"] == answers["sqlite"]
+    assert answers["ids"][0] == status and reason in answers["ids"][1]["error"]
+
+
+@pytest.mark.parametrize("fmt", ["segment", "posthog", "json"])
+@pytest.mark.parametrize("key", ["wrong", None], ids=["wrong", "missing"])
+def test_ids_store_checks_the_write_key(lean: Collector, fmt: str, key: str | None) -> None:
+    """store="ids" still checks each format's auth: a wrong or missing key gets 401 and keeps no id."""
+    with httpx.Client(base_url=lean.url, timeout=5) as http:
+        response = post(http, fmt, make_events(fmt, 2), key=key)
+        assert response.status_code == 401
+        assert ("missing" if key is None else "wrong") in response.json()["error"]
+        assert lean.count() == 0 and lean.message_ids() == []
+        assert post(http, fmt, make_events(fmt, 2)).status_code == 200
+    assert lean.count() == 2
+
+
+def test_ids_store_events_raises_a_clear_error(lean: Collector) -> None:
+    """events() needs the SQLite store; with store="ids" it raises RuntimeError saying so."""
+    with pytest.raises(RuntimeError, match="store='ids'"):
+        lean.events()
+
+
+def test_ids_store_reads_what_orjson_refuses() -> None:
+    """NaN and a lone surrogate, which the json module reads, are accepted by store="ids" too."""
+    c = Collector(store="ids").start()
+    try:
+        with httpx.Client(base_url=c.url, timeout=5) as http:
+            body = '{"batch": [{"messageId": "a", "x": NaN}, {"messageId": "b", "s": "\\ud800"}]}'
+            assert http.post("/v1/batch", content=body).status_code == 200
+    finally:
+        c.close()
+    assert c.message_ids() == ["a", "b"]
+
+
+def test_ids_store_works_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without orjson the json module parses: the same answers and ids."""
+    import mpsender._collector as module
+
+    monkeypatch.setattr(module, "_orjson", None)
+    c = Collector(write_key=KEY, store="ids").start()
+    try:
+        with httpx.Client(base_url=c.url, timeout=5) as http:
+            assert post(http, "posthog", make_events("posthog", 3)).status_code == 200
+            assert http.post("/batch/", content=b"{nope").json() == {"error": "body is not valid JSON"}
+    finally:
+        c.close()
+    assert c.message_ids() == ["ph-0", "ph-1", "ph-2"]
+
+
+def test_ids_store_applies_the_faults(lean: Collector) -> None:
+    """fail_first and reject_event act in store="ids" as in the SQLite store."""
+    lean.set_faults(Faults(fail_first=1, reject_event="poison"))
+    with httpx.Client(base_url=lean.url, timeout=5) as http:
+        assert post(http, "segment", make_events("segment", 1)).status_code == 503
+        rejected = post(http, "posthog", make_events("posthog", 2, name="poison"))
+        assert rejected.json() == {"error": "event 'poison' rejected", "event": "poison", "index": 0}
+        assert post(http, "json", make_events("json", 2)).status_code == 200
+    assert lean.totals()["errors"] == {503: 1, 400: 1} and lean.message_ids() == ["seg-0", "seg-1"]
+
+
+def test_ids_store_wait_for_and_restart(lean: Collector) -> None:
+    """wait_for wakes on a request from another thread; stop() and start() keep the ids."""
+    def send() -> None:
+        with httpx.Client(base_url=lean.url, timeout=5) as http:
+            post(http, "json", make_events("json", 5))
+
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        assert lean.wait_for(lambda c: c.count() >= 5, timeout=10)
+    finally:
+        sender.join(10)
+    lean.stop()
+    lean.start()
+    with httpx.Client(base_url=lean.url, timeout=5) as http:
+        assert post(http, "json", make_events("json", 1)).status_code == 200
+    assert lean.count() == 6 and len(lean.message_ids()) == 6
+
+
+def test_unknown_store_is_refused() -> None:
+    """store must be "sqlite" or "ids"."""
+    with pytest.raises(ValueError, match="store"):
+        Collector(store="redis")
