@@ -50,8 +50,11 @@ ROTATE_BYTES = 4 * 1024 * 1024
 CHECK_INTERVAL = 1.0
 #: a rotated file stays locked this long, for threads still writing through the old fd
 RETIRE_GRACE = 2.0
-#: a process tries to start a missing sender at most this often
-SPAWN_INTERVAL = 5.0
+#: after starting a sender that never answered, a process waits this long before it
+#: starts another, doubling up to SPAWN_BACKOFF_CAP (a broken interpreter must not make
+#: every process spawn every second); a connection resets it
+SPAWN_BACKOFF = 1.0
+SPAWN_BACKOFF_CAP = 30.0
 
 _getpid = os.getpid
 _pack_header = HEADER.pack
@@ -101,6 +104,7 @@ class Channel:
         self._sock: socket.socket | None = None
         self._next_check = 0.0
         self._next_spawn = 0.0
+        self._spawns = 0  # sender starts since this process last connected
         self._req = itertools.count(1)
         self._warned: set[str] = set()
         self.handed = 0      # written while a sender was connected
@@ -296,9 +300,7 @@ class Channel:
             if not spawn:
                 return False
             deadline = time.monotonic() + wait
-            now = time.time()
-            if wait > 0 or now >= self._next_spawn:
-                self._next_spawn = now + SPAWN_INTERVAL
+            if wait > 0 or time.time() >= self._next_spawn:
                 started = self._try_spawn(wait)
                 if started and self._try_connect():
                     return True
@@ -323,6 +325,8 @@ class Channel:
             sock.close()
             return False
         self._sock = sock
+        self._spawns = 0
+        self._next_spawn = 0.0
         if self._bell is None:
             self._bell = _open_doorbell(self._paths)
         return True
@@ -339,6 +343,8 @@ class Channel:
             except BlockingIOError:
                 return False  # a sender holds it: alive, starting or draining
             # We hold the lock, so no sender is alive: start one and hand it the lock.
+            self._spawns += 1
+            self._next_spawn = time.time() + min(SPAWN_BACKOFF * 2 ** (self._spawns - 1), SPAWN_BACKOFF_CAP)
             try:
                 return _spawn.spawn_sender(self._options, self._paths, lock_fd, wait=max(wait, 0.0))
             except OSError as exc:

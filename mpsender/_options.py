@@ -65,8 +65,9 @@ class Options:
     #: sender: undelivered data on disk above this is dropped oldest-first as "spool_full"
     max_spool_bytes: int = 512 * 1024 * 1024
     #: app: write every event to this process's spool file first (True), or send it over
-    #: the socket and spill to the file only when the socket is full (False: a little
-    #: cheaper, but a SIGKILLed sender loses the events waiting in its memory and sockets)
+    #: the socket and spill to the file only when the socket is full (False: not cheaper,
+    #: as measured in benchmarks/, and a SIGKILLed sender loses, uncounted, the events
+    #: waiting in its memory and sockets; kept to show what the journal is worth)
     journal: bool = True
     #: sender: fsync the spool files this often (None: never; the page cache survives
     #: any process death, not a power cut)

@@ -102,6 +102,7 @@ class Spool:
         self.counters = SpoolCounters()
         self.dirty = False  # corruption counted since the last save of the counters
         self.mem: collections.deque[tuple[int, bytes]] = collections.deque()
+        self._noted: collections.deque[str] = collections.deque()  # names from HELLO/FLUSH
         self.mem_in = 0          # sequence number of the last event received over a socket
         self.mem_committed = 0
         self.mem_bytes = 0
@@ -173,8 +174,16 @@ class Spool:
         return added
 
     def note(self, name: str) -> None:
-        if isinstance(name, str) and name.endswith(".wal") and "/" not in name and name not in self.files:
-            self._add(name)
+        """A writer announced ``name`` (IO thread). Only the uploader thread opens files:
+        two threads adding the same file would read it twice and leak a descriptor."""
+        if isinstance(name, str) and name.endswith(".wal") and "/" not in name:
+            self._noted.append(name)
+
+    def _add_noted(self) -> None:
+        while self._noted:
+            name = self._noted.popleft()
+            if name not in self.files:
+                self._add(name)
 
     def _add(self, name: str) -> bool:
         path = os.path.join(self.dir, name)
@@ -188,6 +197,9 @@ class Spool:
         except OSError:
             size = 0
         with self._lock:
+            if name in self.files:  # never two readers of one file
+                os.close(fd)
+                return False
             self.files[name] = WalFile(name, path, fd, committed=start, read_pos=start, size=size, taken=start)
         return True
 
@@ -198,6 +210,7 @@ class Spool:
 
     def read(self, limit: int) -> list[Entry]:
         """Up to ``limit`` records not yet read, fairly from every file, then from memory."""
+        self._add_noted()
         out: list[Entry] = []
         files = list(self.files.values())
         if files:
@@ -271,7 +284,7 @@ class Spool:
         return True
 
     def has_unread(self) -> bool:
-        if self.mem:
+        if self.mem or self._noted:
             return True
         for wf in list(self.files.values()):
             if wf.buffered:
