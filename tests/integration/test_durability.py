@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -413,3 +414,53 @@ print("refused" if s.recv(100) == b"" else "accepted")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "refused", out.stderr
     assert client.stats().sender.incidents.get("refused_connections") == 1
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a certificate")
+def test_tls_is_verified_by_default(client_factory, tmp_path: Path) -> None:
+    """An HTTPS endpoint with a self-signed certificate is refused by default (events kept,
+    the error reported); verify_tls=False delivers to it."""
+    import ssl
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    received: list[bytes] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            received.append(self.rfile.read(int(self.headers["Content-Length"])))
+            self.send_response(200)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass  # quiet
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"https://127.0.0.1:{server.server_address[1]}"
+    try:
+        strict = client_factory(endpoint=url, retry_base=0.05, retry_cap=0.2)
+        strict.track("E", user_id="u")
+        assert not strict.flush(timeout=1.5)
+        stats = strict.stats().sender
+        assert "CERTIFICATE_VERIFY_FAILED" in str(stats.last_error) or "certificate" in str(stats.last_error).lower()
+        assert not received and not stats.dropped
+        relaxed = client_factory(endpoint=url, write_key="other-key", verify_tls=False)
+        relaxed.track("E", user_id="u")
+        assert relaxed.flush(timeout=20)
+        assert len(received) == 1
+    finally:
+        server.shutdown()
+        server.server_close()
