@@ -2,20 +2,32 @@
 
 The collector serves from threads; a benchmark parent that forks or spawns producers
 must have none, and the collector's CPU must not be charged to the producers. So it
-runs here. Protocol, one JSON object per line:
+runs here.
 
-* on start it prints ``{"url": ..., "pid": ...}``;
+    python _collector_proc.py DB_PATH [--store ids|sqlite] [--write-key KEY]
+
+``--store ids`` (what the benchmarks use for their end-to-end figures) is the
+collector's lean mode: the same checks and answers, only the message ids kept, in
+memory, DB_PATH never created; ``--store sqlite`` (the default here, as for
+``Collector``) stores every event in DB_PATH. ``--write-key``: check each format's
+auth against this key (Basic for Segment, ``api_key`` for PostHog, Bearer for JSON).
+Protocol, one JSON object per line:
+
+* on start it prints ``{"url": ..., "pid": ..., "store": ...}``;
 * ``{"cmd": "target", "n": N}`` -> a thread starts watching for N stored events (woken
   by every request, no polling) and notes ``time.monotonic()`` (system-wide on Linux,
   so comparable with the producers' clocks) when they are there;
 * ``{"cmd": "wait", "timeout": T}`` -> waits up to T for that target and answers
   ``{"ok", "count", "distinct", "done_at"}``;
 * ``{"cmd": "stats"}`` -> ``{"count", "distinct", "requests", "cpu"}``;
+* ``{"cmd": "timeline"}`` -> ``{"requests": [[arrived_at, events, status], ...]}``, the last
+  1,000 requests (``arrived_at`` is ``time.monotonic()``), to see gaps between requests;
 * end of stdin -> stop and exit.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sqlite3
@@ -28,7 +40,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from mpsender._collector import Collector  # noqa: E402
 
 
-def _distinct(db_path: str) -> int:
+def _distinct(collector: Collector, db_path: str) -> int:
+    """Distinct message ids received (read from the database in the SQLite mode, which
+    serves without the message_id index: another connection scans the table)."""
+    if collector.store == "ids":
+        return len(set(collector.message_ids()))
     db = sqlite3.connect(db_path)
     try:
         return int(db.execute("SELECT count(DISTINCT message_id) FROM events").fetchone()[0])
@@ -37,10 +53,15 @@ def _distinct(db_path: str) -> int:
 
 
 def main() -> int:
-    db_path = sys.argv[1]
-    collector = Collector(db_path, max_records=1000).start()
+    ap = argparse.ArgumentParser()
+    ap.add_argument("db_path")
+    ap.add_argument("--store", choices=("sqlite", "ids"), default="sqlite")
+    ap.add_argument("--write-key", default=None)
+    args = ap.parse_args()
+    db_path = args.db_path
+    collector = Collector(db_path, max_records=1000, store=args.store, write_key=args.write_key).start()
     out = sys.stdout
-    out.write(json.dumps({"url": collector.url, "pid": os.getpid()}) + "\n")
+    out.write(json.dumps({"url": collector.url, "pid": os.getpid(), "store": collector.store}) + "\n")
     out.flush()
     done_at: list[float] = []
     watcher: threading.Thread | None = None
@@ -64,14 +85,16 @@ def main() -> int:
             elif msg["cmd"] == "wait":
                 if watcher is not None:
                     watcher.join(float(msg["timeout"]))
-                answer = {"ok": bool(done_at), "count": collector.count(), "distinct": _distinct(db_path),
+                answer = {"ok": bool(done_at), "count": collector.count(), "distinct": _distinct(collector, db_path),
                           "done_at": done_at[0] if done_at else None}
             elif msg["cmd"] == "stats":
                 totals = collector.totals()
                 cpu = os.times()
                 answer = {"count": totals["events"], "requests": totals["requests"],
                           "errors": {str(k): v for k, v in totals["errors"].items()},
-                          "distinct": _distinct(db_path), "cpu": cpu.user + cpu.system}
+                          "distinct": _distinct(collector, db_path), "cpu": cpu.user + cpu.system}
+            elif msg["cmd"] == "timeline":
+                answer = {"requests": [[r.arrived_at, r.events, r.status] for r in collector.requests()]}
             else:
                 answer = {"error": f"unknown command {msg['cmd']!r}"}
             out.write(json.dumps(answer) + "\n")

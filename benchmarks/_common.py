@@ -151,13 +151,29 @@ def proc_cpu(pid: int) -> float:
 # --- the collector, in its own process ------------------------------------------------------
 
 
-class CollectorProcess:
-    """``mpsender._collector.Collector`` on 127.0.0.1 in a child process with a fresh database."""
+#: the collector's store for bench_compare's and bench_scaling's end-to-end figures: "ids"
+#: (the lean mode: every check and answer, only the message ids kept, in memory) so that
+#: the figures measure the libraries, not the collector's SQLite
+DEFAULT_STORE = "ids"
 
-    def __init__(self, workdir: str) -> None:
+
+class CollectorProcess:
+    """``mpsender._collector.Collector`` on 127.0.0.1 in a child process with a fresh store.
+
+    ``store``: ``"sqlite"`` (every event in a fresh database file; the default, for the
+    scripts that do not say) or ``"ids"`` (lean: the message ids in memory).
+    ``write_key``: checked by the collector when given (every library here sends
+    ``WRITE_KEY``); ``None`` checks nothing.
+    """
+
+    def __init__(self, workdir: str, store: str = "sqlite", write_key: str | None = None) -> None:
         self.db = os.path.join(workdir, f"collector-{time.monotonic_ns()}.db")
+        self.store = store
+        cmd = [PYTHON, str(HERE / "_collector_proc.py"), self.db, "--store", store]
+        if write_key is not None:
+            cmd += ["--write-key", write_key]
         self.proc = subprocess.Popen(
-            [PYTHON, str(HERE / "_collector_proc.py"), self.db],
+            cmd,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(REPO),
             start_new_session=True,
         )
@@ -185,6 +201,10 @@ class CollectorProcess:
 
     def stats(self) -> dict[str, Any]:
         return self._ask({"cmd": "stats"})
+
+    def timeline(self) -> list[list[Any]]:
+        """``[arrived_at (monotonic), events, status]`` of the last 1,000 requests."""
+        return self._ask({"cmd": "timeline"})["requests"]  # type: ignore[no-any-return]
 
     def cpu(self) -> float:
         return proc_cpu(self.pid)

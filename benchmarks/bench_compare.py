@@ -1,11 +1,18 @@
 """mpsender against segment-analytics-python and posthog, in ONE run, one table.
 
-    .venv/bin/python benchmarks/bench_compare.py            # ~2.5 min on 2 cores (the peers: 100 s)
+    .venv/bin/python benchmarks/bench_compare.py            # ~2 min on 2 cores (the peers: 80 s)
     .venv/bin/python benchmarks/bench_compare.py --quick    # smaller counts, a smoke test
 
 Same event (8 properties of mixed types, the same dict), same local collector
-(``mpsender._collector.Collector`` on 127.0.0.1, in its own process, a fresh database
-per row), each library with its defaults and with its fastest documented setting.
+(``mpsender._collector.Collector`` on 127.0.0.1, in its own process, fresh per row,
+checking the write key), each library with its defaults and with its fastest
+documented setting.
+
+* the collector's store: every row but one runs against its lean mode
+  (``store="ids"``: the same checks, auth, gzip, JSON, the ``batch`` shape, and the
+  same answers, but only the message ids kept, in memory), so the figures measure the
+  libraries rather than SQLite. One row, marked ``sqlite``, runs mpsender against the
+  full SQLite store, as the earlier runs did. ``--store sqlite`` puts every row on it.
 
 * track() cost: one fresh process, ``--calls`` calls (100k), each timed alone with
   ``perf_counter_ns`` in the calling thread; the library's own machinery (mpsender's
@@ -21,6 +28,9 @@ per row), each library with its defaults and with its fastest documented setting
   mpsender's sender, per 1,000 events.
 * the floor: ``msgpack.packb`` of mpsender's record, a bare ``send()`` of its frame on a
   SOCK_SEQPACKET socket, an ``os.write`` of it to an O_APPEND file, same timing loop.
+* the limit: the collector alone, in each store, fed ready-made gzipped batches of 1000
+  over one kept-alive connection (``--limit-runs N`` repeats it; ``--limits-only`` runs
+  nothing else).
 
 Figures are printed as Markdown; ``--json FILE`` keeps the raw results.
 """
@@ -39,6 +49,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (  # noqa: E402
+    DEFAULT_STORE,
     WRITE_KEY,
     CollectorProcess,
     Worker,
@@ -51,16 +62,19 @@ from _common import (  # noqa: E402
     sender_pid,
 )
 
-#: (label, library, options). "fast" = the library's fastest documented setting, chosen
-#: by measuring its documented knobs on this machine (see benchmarks/README.md).
-CONFIGS: list[tuple[str, str, dict[str, Any]]] = [
-    ("mpsender (defaults)", "mpsender", {}),
-    ("mpsender (batch_size=1000)", "mpsender", {"batch_size": 1000}),
-    ("mpsender (journal=False, batch_size=1000)", "mpsender", {"journal": False, "batch_size": 1000}),
-    ("segment (defaults)", "segment", {}),
-    ("segment (fast)", "segment", {"max_queue_size": 1_000_000, "upload_size": 1000}),
-    ("posthog (defaults)", "posthog", {}),
-    ("posthog (fast)", "posthog", {"max_queue_size": 1_000_000, "flush_at": 1000, "gzip": True}),
+#: (label, library, options, collector store). "fast" = the library's fastest documented
+#: setting, chosen by measuring its documented knobs on this machine (see
+#: benchmarks/README.md). A store of None = ``--store`` (the lean "ids" by default).
+CONFIGS: list[tuple[str, str, dict[str, Any], str | None]] = [
+    ("mpsender (defaults)", "mpsender", {}, None),
+    ("mpsender (batch_size=1000)", "mpsender", {"batch_size": 1000}, None),
+    ("mpsender (journal=False, batch_size=1000)", "mpsender", {"journal": False, "batch_size": 1000}, None),
+    ("segment (defaults)", "segment", {}, None),
+    ("segment (fast)", "segment", {"max_queue_size": 1_000_000, "upload_size": 1000}, None),
+    ("posthog (defaults)", "posthog", {}, None),
+    ("posthog (fast)", "posthog", {"max_queue_size": 1_000_000, "flush_at": 1000, "gzip": True}, None),
+    # the same as the second row, against the full SQLite store: what the earlier runs measured
+    ("mpsender (batch_size=1000), SQLite collector", "mpsender", {"batch_size": 1000}, "sqlite"),
 ]
 
 #: mpsender options that act in the sender only: a row changing only these has no
@@ -104,9 +118,10 @@ def _spec(lib: str, opts: dict[str, Any], url: str, runtime_dir: str | None, n: 
     return spec
 
 
-def track_cost(lib: str, opts: dict[str, Any], calls: int, workdir: str, size: int | None = None) -> dict[str, Any]:
+def track_cost(lib: str, opts: dict[str, Any], calls: int, workdir: str, size: int | None = None,
+               store: str = DEFAULT_STORE) -> dict[str, Any]:
     """One process, ``calls`` timed calls; its library delivers to the collector meanwhile."""
-    collector = CollectorProcess(workdir)
+    collector = CollectorProcess(workdir, store, WRITE_KEY)
     sender = Sender(collector.url, opts) if lib == "mpsender" else None
     try:
         w = Worker.start(_spec(lib, opts, collector.url, sender.runtime_dir if sender else None, calls,
@@ -125,10 +140,10 @@ def track_cost(lib: str, opts: dict[str, Any], calls: int, workdir: str, size: i
 
 
 def end_to_end(lib: str, opts: dict[str, Any], producers: int, events: int, workdir: str,
-               size: int | None = None, timeout: float = 90.0) -> dict[str, Any]:
+               size: int | None = None, timeout: float = 90.0, store: str = DEFAULT_STORE) -> dict[str, Any]:
     """``producers`` processes x ``events``, started together; until the collector has all."""
     total = producers * events
-    collector = CollectorProcess(workdir)
+    collector = CollectorProcess(workdir, store, WRITE_KEY)
     sender = Sender(collector.url, opts) if lib == "mpsender" else None
     workers: list[Worker] = []
     try:
@@ -150,13 +165,16 @@ def end_to_end(lib: str, opts: dict[str, Any], producers: int, events: int, work
         grace = max(1.0, deadline - time.monotonic()) if lib == "mpsender" else 3.0
         done = collector.wait(grace)
         ccpu = collector.cpu() - ccpu0
+        cstats = collector.stats()
+        timeline = collector.timeline()
         t0 = min(r["t_first"] for r in results)
         elapsed = (done["done_at"] - t0) if done["done_at"] else None
         out: dict[str, Any] = {
-            "lib": lib, "total": total, "elapsed": elapsed,
+            "lib": lib, "store": store, "total": total, "elapsed": elapsed,
             "events_per_s": total / elapsed if elapsed else None,
             "delivered": done["distinct"], "stored": done["count"],
-            "producers": results, "collector_cpu": ccpu,
+            "producers": results, "collector_cpu": ccpu, "requests": cstats["requests"],
+            "request_errors": cstats["errors"], "timeline": timeline,
             "dropped_in_app": sum(r["dropped"] for r in results),
             "stderr_lines": sum(w.stderr_lines() for w in workers),
         }
@@ -172,9 +190,9 @@ def end_to_end(lib: str, opts: dict[str, Any], producers: int, events: int, work
         collector.close()
 
 
-def collector_ceiling(total: int, workdir: str) -> dict[str, Any]:
+def collector_ceiling(total: int, workdir: str, store: str = DEFAULT_STORE) -> dict[str, Any]:
     """events/s the collector stores when fed ready-made batches of 1000 over one connection."""
-    collector = CollectorProcess(workdir)
+    collector = CollectorProcess(workdir, store, WRITE_KEY)
     w = Worker.start({"role": "blast", "n": total, "url": collector.url}, workdir)
     try:
         w.expect("ready")
@@ -185,7 +203,8 @@ def collector_ceiling(total: int, workdir: str) -> dict[str, Any]:
         done = collector.wait(10.0)
         elapsed = done["done_at"] - res["t_first"] if done["done_at"] else None
         return {"events_per_s": total / elapsed if elapsed else None, "delivered": done["distinct"],
-                "total": total, "collector_cpu": collector.cpu() - ccpu0}
+                "total": total, "collector_cpu": collector.cpu() - ccpu0, "store": store,
+                "load": os.getloadavg()[0]}
     finally:
         w.kill()
         collector.close()
@@ -212,17 +231,30 @@ def rss_growth(res: dict[str, Any]) -> int:
     return rss[-1] - rss[0] if len(rss) >= 2 else 0
 
 
-def render(rows: list[dict[str, Any]], fl: dict[str, Any], ceiling: dict[str, Any], args: argparse.Namespace) -> str:
+def render_limits(ceilings: list[dict[str, Any]]) -> str:
+    """The collector alone, every run of each store."""
+    lines = ["| the collector alone (gzip batches of 1000, one connection) | store | events/s | delivered "
+             "| collector CPU µs/event | load (1 min) |", "|---|---|---:|---:|---:|---:|"]
+    for c in ceilings:
+        ok = "✓" if c["delivered"] == c["total"] else "✗"
+        lines.append(f"| limit | {c['store']} | {fmt(c['events_per_s'], ',.0f')} | {c['delivered']:,}/{c['total']:,} {ok} "
+                     f"| {c['collector_cpu'] / c['total'] * 1e6:.1f} | {c['load']:.1f} |")
+    return "\n".join(lines)
+
+
+def render(rows: list[dict[str, Any]], fl: dict[str, Any] | None, ceilings: list[dict[str, Any]],
+           args: argparse.Namespace) -> str:
     lines = []
     mp = next((r for r in rows if r["lib"] == "mpsender"), None)
     mp_median = mp["track"]["times"]["median"] if mp and mp.get("track") else None
     lines.append(f"{args.calls:,} track() calls, 8 properties · end to end {args.producers} producers × "
-                 f"{args.events:,} events to the local collector")
+                 f"{args.events:,} events to the local collector · collector store: "
+                 f"'{args.store}' unless the row says otherwise")
     lines.append("")
-    lines.append("| library (setting) | track() median µs | track() p99 µs | × mpsender median "
+    lines.append("| library (setting) | collector store | track() median µs | track() p99 µs | × mpsender median "
                  "| e2e events/s | delivered | app peak RSS MiB | app RSS growth KiB "
-                 "| sender peak RSS MiB | app CPU ms/1k ev | sender CPU ms/1k ev |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+                 "| sender peak RSS MiB | app CPU ms/1k ev | sender CPU ms/1k ev | collector CPU ms/1k ev |")
+    lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         t = r.get("track")
         e = r.get("e2e")
@@ -238,37 +270,46 @@ def render(rows: list[dict[str, Any]], fl: dict[str, Any], ceiling: dict[str, An
             app_cpu = sum(p["cpu"] for p in e["producers"]) / total * 1e6
             sender_cpu = fmt(e["sender_cpu"] / total * 1e6, ".1f") if "sender_cpu" in e else "(in app)"
             sender_rss = _mib(e.get("sender_peak_rss")) if "sender_cpu" in e else "(in app)"
+            coll_cpu = fmt(e["collector_cpu"] / total * 1e6, ".1f")
+            store = e.get("store", "-")
         else:
-            ev = delivered = sender_cpu = sender_rss = "-"
+            ev = delivered = sender_cpu = sender_rss = coll_cpu = "-"
+            store = r.get("store") or "-"
             peak = None
             app_cpu = None
         if t and peak is None:
             peak = t["peak_rss"]
         lines.append(
-            f"| {r['label']} | {fmt(tm['median'] if tm else None, '.2f')} | {fmt(tm['p99'] if tm else None, '.1f')} "
+            f"| {r['label']} | {store} | {fmt(tm['median'] if tm else None, '.2f')} "
+            f"| {fmt(tm['p99'] if tm else None, '.1f')} "
             f"| {fmt(ratio, '.1f')}× | {ev} | {delivered} | {_mib(peak)} | "
-            f"{rss_growth(t) if t else '-'} | {sender_rss} | {fmt(app_cpu, '.1f')} | {sender_cpu} |"
+            f"{rss_growth(t) if t else '-'} | {sender_rss} | {fmt(app_cpu, '.1f')} | {sender_cpu} | {coll_cpu} |"
         )
-    for key, label in (("packb", "floor: msgpack.packb(record)"), ("packer", "floor: reused Packer.pack(record)"),
-                       ("send", "floor: SEQPACKET send(frame)"), ("write", "floor: os.write(O_APPEND, frame)")):
-        tm = fl[key]
-        ratio = mp_median / tm["median"] if mp_median else None
-        lines.append(f"| {label} | {fmt(tm['median'], '.2f')} | {fmt(tm['p99'], '.1f')} "
-                     f"| (track is {fmt(ratio, '.1f')}× this) | | | | | | | |")
-    ok = "✓" if ceiling["delivered"] == ceiling["total"] else "✗"
-    lines.append(f"| limit: the collector alone (ready-made gzip batches of 1000, one connection) | | | "
-                 f"| {fmt(ceiling['events_per_s'], ',.0f')} | {ceiling['delivered']:,}/{ceiling['total']:,} {ok} "
-                 f"| | | | collector: {ceiling['collector_cpu'] / ceiling['total'] * 1e6:.1f} | |")
+    if fl is not None:
+        for key, label in (("packb", "floor: msgpack.packb(record)"), ("packer", "floor: reused Packer.pack(record)"),
+                           ("send", "floor: SEQPACKET send(frame)"), ("write", "floor: os.write(O_APPEND, frame)")):
+            tm = fl[key]
+            ratio = mp_median / tm["median"] if mp_median else None
+            lines.append(f"| {label} | | {fmt(tm['median'], '.2f')} | {fmt(tm['p99'], '.1f')} "
+                         f"| (track is {fmt(ratio, '.1f')}× this) | | | | | | | | |")
+    for c in ceilings:
+        ok = "✓" if c["delivered"] == c["total"] else "✗"
+        lines.append(f"| limit: the collector alone (ready-made gzip batches of 1000, one connection) "
+                     f"| {c['store']} | | | | {fmt(c['events_per_s'], ',.0f')} "
+                     f"| {c['delivered']:,}/{c['total']:,} {ok} | | | | | | "
+                     f"{c['collector_cpu'] / c['total'] * 1e6:.1f} |")
     lines.append("")
-    lines.append(f"Record: {fl['record_bytes']} bytes framed; timer overhead (two perf_counter_ns calls) "
-                 f"median {fl['timer']['median']:.2f} µs, included in every figure.")
-    lines.append("")
+    if fl is not None:
+        lines.append(f"Record: {fl['record_bytes']} bytes framed; timer overhead (two perf_counter_ns calls) "
+                     f"median {fl['timer']['median']:.2f} µs, included in every figure.")
+        lines.append("")
     lines.append("Details (end to end): producer time in track() loop / in the exit flush, s; app drops; "
-                 "collector CPU per 1k events")
+                 "requests the collector answered (refused ones: 4xx/5xx)")
     lines.append("")
     lines.append("| library (setting) | track loop s (slowest producer) | exit flush s (slowest) "
-                 "| dropped in app | stderr lines | collector CPU ms/1k ev | track() p99.9 µs | track() max µs |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|")
+                 "| dropped in app | stderr lines | track() p99.9 µs | track() max µs | e2e elapsed s "
+                 "| requests (events/request) | refused requests |")
+    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
         e = r.get("e2e")
         t = r.get("track")
@@ -277,8 +318,9 @@ def render(rows: list[dict[str, Any]], fl: dict[str, Any], ceiling: dict[str, An
         loop = max(p["t_tracked"] - p["t_first"] for p in e["producers"])
         fl_s = max(p["t_finished"] - p["t_tracked"] for p in e["producers"])
         lines.append(f"| {r['label']} | {loop:.2f} | {fl_s:.2f} | {e['dropped_in_app']:,} | {e['stderr_lines']:,} "
-                     f"| {e['collector_cpu'] / e['total'] * 1e6:.1f} "
-                     f"| {fmt(t['times']['p999'] if t else None, '.1f')} | {fmt(t['times']['max'] if t else None, '.0f')} |")
+                     f"| {fmt(t['times']['p999'] if t else None, '.1f')} | {fmt(t['times']['max'] if t else None, '.0f')} "
+                     f"| {fmt(e['elapsed'], '.2f')} | {e['requests']:,} ({e['stored'] / max(1, e['requests']):,.0f}) "
+                     f"| {sum(e['request_errors'].values()) or 0} |")
     return "\n".join(lines)
 
 
@@ -308,9 +350,10 @@ def targets(rows: list[dict[str, Any]]) -> str:
         e = r["e2e"]
         rate = e["events_per_s"] or 0.0
         complete = e["delivered"] == e["total"]
-        line(rate >= 100_000 and complete, f"issue 2: e2e ≥ 100k events/s, all delivered, {r['label']}: "
+        where = f"{r['label']} [collector {e['store']}]"
+        line(rate >= 100_000 and complete, f"issue 2: e2e ≥ 100k events/s, all delivered, {where}: "
                                            f"{rate:,.0f}/s, {e['delivered']:,}/{e['total']:,}")
-        line(rate >= 150_000 and complete, f"issue 6: e2e ≥ 150k events/s, all delivered, {r['label']}: "
+        line(rate >= 150_000 and complete, f"issue 6: e2e ≥ 150k events/s, all delivered, {where}: "
                                            f"{rate:,.0f}/s, {e['delivered']:,}/{e['total']:,}")
         if "sender_cpu" in e:
             out.append(f"  [report] sender CPU per 1,000 events, {r['label']}: "
@@ -325,6 +368,10 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=50_000, help="events per producer, end to end")
     ap.add_argument("--only", default="", help="comma-separated substrings of row labels to run")
     ap.add_argument("--quick", action="store_true", help="10k calls, 4 x 10k events")
+    ap.add_argument("--store", choices=("ids", "sqlite"), default=DEFAULT_STORE,
+                    help="the collector's store for every row that does not name its own (default: ids)")
+    ap.add_argument("--limit-runs", type=int, default=1, help="runs of the collector-alone limit, per store")
+    ap.add_argument("--limits-only", action="store_true", help="measure only the collector alone, in both stores")
     ap.add_argument("--json", help="write the raw results here")
     args = ap.parse_args()
     if args.quick:
@@ -334,27 +381,40 @@ def main() -> int:
     rows: list[dict[str, Any]] = []
     try:
         print(machine_line(), flush=True)
+        ceilings = [collector_ceiling(args.producers * args.events, workdir, store)
+                    for _ in range(args.limit_runs) for store in ("ids", "sqlite")]
+        if args.limits_only:
+            print()
+            print(render_limits(ceilings))
+            print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end "
+                  f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())})")
+            return 0
         fl = floor(args.calls, workdir)
-        ceiling = collector_ceiling(args.producers * args.events, workdir)
         wanted = [s for s in args.only.split(",") if s]
-        for label, lib, opts in CONFIGS:
+        for label, lib, opts, row_store in CONFIGS:
             if wanted and not any(s in label for s in wanted):
                 continue
-            row: dict[str, Any] = {"label": label, "lib": lib, "opts": opts}
+            store = row_store or args.store
+            if row_store is not None and row_store == args.store and any(
+                    r["lib"] == lib and r["opts"] == opts for r in rows):
+                continue  # --store sqlite: that row is already the one above
+            row: dict[str, Any] = {"label": label, "lib": lib, "opts": opts, "store": store}
             # the calling-thread cost does not depend on the sender's options (batch_size)
             if not (lib == "mpsender" and opts and set(opts) <= _SENDER_ONLY):
-                row["track"] = track_cost(lib, opts, args.calls, workdir)
-            row["e2e"] = end_to_end(lib, opts, args.producers, args.events, workdir)
+                row["track"] = track_cost(lib, opts, args.calls, workdir, store=store)
+            row["e2e"] = end_to_end(lib, opts, args.producers, args.events, workdir, store=store)
             rows.append(row)
-            print(f"  {label}: done at {time.monotonic() - started:.0f} s", file=sys.stderr, flush=True)
+            print(f"  {label} [{store}]: done at {time.monotonic() - started:.0f} s · "
+                  f"load {os.getloadavg()[0]:.1f}", file=sys.stderr, flush=True)
         print()
-        print(render(rows, fl, ceiling, args))
+        print(render(rows, fl, ceilings, args))
         print()
         print(targets(rows))
-        print(f"\n(run took {time.monotonic() - started:.0f} s)")
+        print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end "
+              f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())})")
         if args.json:
             with open(args.json, "w") as fh:
-                json.dump({"machine": machine_line(), "floor": fl, "ceiling": ceiling, "rows": rows}, fh, indent=1)
+                json.dump({"machine": machine_line(), "floor": fl, "ceilings": ceilings, "rows": rows}, fh, indent=1)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

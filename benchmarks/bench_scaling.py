@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_scaling.py                       # the full matrix, ~2-3 min
     .venv/bin/python benchmarks/bench_scaling.py --producers 1,4 --sizes 200
+    .venv/bin/python benchmarks/bench_scaling.py --store sqlite        # against the full SQLite store
 
 Each row is the end-to-end run of ``bench_compare.py`` (producers started together,
 events/s from the first track() to the collector having stored them all, delivered =
@@ -9,6 +10,8 @@ distinct message ids), for 1, 2, 4, 8, 16 producer processes and events of about
 200 B, 2 KB and 20 KB (the packed record; the 8 properties plus a padding string).
 The total per row is fixed by size (``--events-200`` etc.) and split over the
 producers, so every row moves about the same number of bytes and stays well under 20 s.
+The collector runs in its lean mode (``store="ids"``: every check and answer, only the
+message ids kept) unless ``--store sqlite`` says otherwise, and checks the write key.
 
 track() figures are per call in each producer, timed as in bench_compare.py, while
 all producers, the sender and the collector share the machine: the median is the
@@ -32,13 +35,14 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import fmt, machine_line  # noqa: E402
+from _common import DEFAULT_STORE, fmt, machine_line  # noqa: E402
 from bench_compare import end_to_end  # noqa: E402
 
 
-def row(producers: int, size: int, total: int, opts: dict[str, Any], workdir: str) -> dict[str, Any]:
+def row(producers: int, size: int, total: int, opts: dict[str, Any], workdir: str,
+        store: str = DEFAULT_STORE) -> dict[str, Any]:
     per = max(1, total // producers)
-    e = end_to_end("mpsender", opts, producers, per, workdir, size=size, timeout=60.0)
+    e = end_to_end("mpsender", opts, producers, per, workdir, size=size, timeout=60.0, store=store)
     prods = e["producers"]
     return {
         "producers": producers, "size": size, "total": e["total"],
@@ -53,9 +57,9 @@ def row(producers: int, size: int, total: int, opts: dict[str, Any], workdir: st
     }
 
 
-def render(rows: list[dict[str, Any]], opts: dict[str, Any]) -> str:
+def render(rows: list[dict[str, Any]], opts: dict[str, Any], store: str = DEFAULT_STORE) -> str:
     lines = [f"mpsender {', '.join(f'{k}={v}' for k, v in opts.items()) or 'defaults'}; "
-             "CPU columns are ms per 1,000 events", "",
+             f"collector store '{store}'; CPU columns are ms per 1,000 events", "",
              "| event size | producers | events | e2e events/s | MB/s (records) | delivered | track() median µs "
              "| track() p99 µs (worst producer) | app CPU | sender CPU | collector CPU |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -77,6 +81,8 @@ def main() -> int:
     ap.add_argument("--events-20000", type=int, default=4_000, help="events per row at ~20 KB")
     ap.add_argument("--batch-size", type=int, default=1000,
                     help="mpsender batch_size (Segment's 500 KB request limit still applies)")
+    ap.add_argument("--store", choices=("ids", "sqlite"), default=DEFAULT_STORE,
+                    help="the collector's store (default: ids, the lean mode)")
     ap.add_argument("--json", help="write the raw results here")
     args = ap.parse_args()
     totals = {200: args.events_200, 2000: args.events_2000, 20000: args.events_20000}
@@ -89,16 +95,18 @@ def main() -> int:
         for size in (int(s) for s in args.sizes.split(",")):
             total = totals.get(size) or max(1000, 20_000_000 // size)
             for producers in (int(p) for p in args.producers.split(",")):
-                r = row(producers, size, total, opts, workdir)
+                r = row(producers, size, total, opts, workdir, args.store)
                 rows.append(r)
                 print(f"  {size} B x {producers} producers: {fmt(r['events_per_s'], ',.0f')} events/s "
-                      f"({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)
+                      f"({time.monotonic() - started:.0f} s, load {os.getloadavg()[0]:.1f})",
+                      file=sys.stderr, flush=True)
         print()
-        print(render(rows, opts))
-        print(f"\n(run took {time.monotonic() - started:.0f} s)")
+        print(render(rows, opts, args.store))
+        print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end "
+              f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())})")
         if args.json:
             with open(args.json, "w") as fh:
-                json.dump({"machine": machine_line(), "opts": opts, "rows": rows}, fh, indent=1)
+                json.dump({"machine": machine_line(), "opts": opts, "store": args.store, "rows": rows}, fh, indent=1)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0

@@ -19,6 +19,12 @@ the GIL released: one query validates a body (outside the store's lock, so in
 parallel with the writes) and one statement splits it into rows. The events of a
 batch never become Python objects, unless the body holds what SQLite cannot read
 (NaN, say) or SQLite was built without JSON support; then Python does both.
+
+``Collector(store="ids")`` is the lean mode, for throughput benchmarks: the same
+checks (auth, gzip, JSON, the ``batch`` shape per format, the faults), the same
+answers, but no SQLite at all. A body is parsed by orjson when it is importable
+(by ``json`` otherwise) and only the message ids of accepted events are kept, in
+memory; ``events()`` is not available in that mode.
 """
 
 from __future__ import annotations
@@ -43,6 +49,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final, TypedDict, cast
 from urllib.parse import urlsplit
 
+_orjson: Any  # the lean store's parser; the json module does the same work, slower
+try:
+    import orjson as _orjson  # type: ignore[import-not-found,unused-ignore,no-redef]
+except ImportError:  # pragma: no cover - depends on the environment
+    _orjson = None
+
 __all__ = ["Collector", "CollectorTotals", "Faults", "RequestRecord"]
 
 logger = logging.getLogger(__name__)
@@ -50,6 +62,11 @@ logger = logging.getLogger(__name__)
 SEGMENT: Final = "segment"
 POSTHOG: Final = "posthog"
 JSON: Final = "json"
+
+#: ``Collector(store=...)``: every event in SQLite (the default), or only message ids in memory.
+STORE_SQLITE: Final = "sqlite"
+STORE_IDS: Final = "ids"
+_STORES: Final = (STORE_SQLITE, STORE_IDS)
 
 #: A body larger than this on the wire is refused with 413 before it is read.
 MAX_WIRE_BYTES: Final = 64 * 1024 * 1024
@@ -287,6 +304,11 @@ def _shape_python(text: str, fmt: str, reject: str | None) -> _Shape:
         doc = json.loads(text)
     except (ValueError, RecursionError):
         raise _Reject(400, "body is not valid JSON") from None
+    return _shape_doc(doc, fmt, reject)
+
+
+def _shape_doc(doc: object, fmt: str, reject: str | None) -> _Shape:
+    """What validation needs to know about a body already decoded by Python (json or orjson)."""
     if not isinstance(doc, dict):
         return _Shape(_json_type(doc), None, 0, None, None, None, None)
     events = doc.get("batch")
@@ -357,6 +379,27 @@ class _JsonReader:
     def close(self) -> None:
         with self._lock:
             self._finalizer()
+
+
+class _ObjectReader:
+    """Reads bodies into Python objects, for the lean store: orjson when importable, else json.
+
+    What orjson refuses and the json module reads (NaN, infinities, lone surrogates,
+    integers past 64 bits) goes through :func:`_shape_python`, so both stores accept
+    and refuse the same bodies, for the same reasons.
+    """
+
+    def shape(self, text: str, fmt: str, reject: str | None) -> _Shape:
+        if _orjson is None:
+            return _shape_python(text, fmt, reject)
+        try:
+            doc = _orjson.loads(text)
+        except _orjson.JSONDecodeError:
+            return _shape_python(text, fmt, reject)
+        return _shape_doc(doc, fmt, reject)
+
+    def close(self) -> None:
+        pass
 
 
 # -- storage ---------------------------------------------------------------------
@@ -524,6 +567,57 @@ class _Store:
     def build_index(self) -> None:
         with self._lock:
             self._db.execute(_INDEX)
+
+
+class _IdStore:
+    """The lean store (``store="ids"``): the message ids of accepted events, in memory.
+
+    Same interface as :class:`_Store` for the request path; nothing touches a disk.
+    An id is kept as the SQLite store's ``message_id`` column would hold it (text).
+    """
+
+    initial_events: Final = 0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._ids: list[object] = []
+
+    def write(
+        self,
+        *,
+        received_at: float,
+        path: str,
+        status: int | None,
+        body_bytes: int,
+        gzip: bool,
+        error: str | None,
+        batch: _Batch | None,
+    ) -> int:
+        """Keep the ids of the batch's events, if any; return the events accepted."""
+        if batch is None or not batch.count:
+            return 0
+        events = batch.events
+        if events is None:  # not expected: the lean reader always decodes
+            events = json.loads(batch.text)["batch"]
+        key = _KEYS[batch.fmt][0]
+        ids = [m if type(m) is str else _text(m)
+               for ev in events if (m := ev.get(key)) is not None]
+        with self._lock:
+            self._ids.extend(ids)
+        return batch.count
+
+    def message_ids(self) -> list[Any]:
+        with self._lock:
+            return list(self._ids)
+
+    def close(self) -> None:
+        pass
+
+    def drop_index(self) -> None:
+        pass
+
+    def build_index(self) -> None:
+        pass
 
 
 # -- HTTP ------------------------------------------------------------------------
@@ -742,6 +836,10 @@ class Collector:
     connection; ``start()`` again serves on the same port with the same store, so
     a test can make an outage. The store stays readable after ``stop()`` and
     until :meth:`close`. A file ``db_path`` that already holds tables is appended to.
+
+    ``store="ids"`` keeps only the message ids of accepted events, in memory, and
+    never opens ``db_path``: every check and answer is the same, at a fraction of
+    the CPU per event (for throughput benchmarks). :meth:`events` then raises.
     """
 
     def __init__(
@@ -753,8 +851,15 @@ class Collector:
         write_key: str | None = None,
         faults: Faults | None = None,
         max_records: int | None = 100_000,
+        store: str = STORE_SQLITE,
     ) -> None:
-        """``max_records`` bounds the in-memory :meth:`requests` list (oldest dropped first)."""
+        """``max_records`` bounds the in-memory :meth:`requests` list (oldest dropped first).
+
+        ``store``: ``"sqlite"`` (every event in ``db_path``) or ``"ids"`` (the message
+        ids only, in memory; ``db_path`` is not opened).
+        """
+        if store not in _STORES:
+            raise ValueError(f"store must be one of {', '.join(map(repr, _STORES))}, got {store!r}")
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be within [0, 65535], got {port!r}")
         if max_records is not None and max_records < 1:
@@ -762,8 +867,13 @@ class Collector:
         self._host = host
         self._port = port
         self._write_key = write_key
-        self._store = _Store(db_path)
-        self._reader = _JsonReader()
+        self._store_kind = store
+        self._store: _Store | _IdStore
+        self._reader: _JsonReader | _ObjectReader
+        if store == STORE_IDS:
+            self._store, self._reader = _IdStore(), _ObjectReader()
+        else:
+            self._store, self._reader = _Store(db_path), _JsonReader()
         self._lifecycle = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -871,6 +981,11 @@ class Collector:
         return f"http://{host}:{self._port}"
 
     @property
+    def store(self) -> str:
+        """``"sqlite"`` or ``"ids"``, as given to the constructor."""
+        return self._store_kind
+
+    @property
     def faults(self) -> Faults:
         """The faults in force."""
         with self._faults_lock:
@@ -886,15 +1001,25 @@ class Collector:
     # -- what was received
 
     def events(self) -> list[dict[str, Any]]:
-        """Every stored event, decoded, in arrival order."""
-        return [json.loads(p) for p in self._store.column("SELECT payload FROM events ORDER BY id")]
+        """Every stored event, decoded, in arrival order.
+
+        Raises ``RuntimeError`` with ``store="ids"``, which keeps no events.
+        """
+        store = self._store
+        if isinstance(store, _IdStore):
+            raise RuntimeError("events() needs the SQLite store: this collector runs with store='ids' "
+                               "and keeps only message ids (message_ids(), count(), requests())")
+        return [json.loads(p) for p in store.column("SELECT payload FROM events ORDER BY id")]
 
     def message_ids(self) -> list[str]:
         """The messageId (Segment, JSON) or uuid (PostHog) of each stored event, duplicates kept.
 
         In arrival order; an event stored without one is left out.
         """
-        return self._store.column("SELECT message_id FROM events WHERE message_id IS NOT NULL ORDER BY id")
+        store = self._store
+        if isinstance(store, _IdStore):
+            return store.message_ids()
+        return store.column("SELECT message_id FROM events WHERE message_id IS NOT NULL ORDER BY id")
 
     def requests(self) -> list[RequestRecord]:
         """Every request (the last ``max_records``), by arrival time."""

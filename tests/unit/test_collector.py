@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from mpsender._collector import Collector, Faults
+from mpsender._collector import Collector, Faults, _JsonReader
 
 KEY = "test-key"
 PATHS = {"segment": "/v1/batch", "posthog": "/batch/", "json": "/json"}
@@ -194,6 +194,7 @@ def test_python_fallback_stores_the_same_columns(tmp_path: Path) -> None:
     for use_sqlite in (True, False):
         db = tmp_path / f"{use_sqlite}.db"
         c = Collector(db, faults=Faults(reject_event="poison"))
+        assert isinstance(c._reader, _JsonReader)
         c._reader.sqlite = use_sqlite
         with c, httpx.Client(base_url=c.url, timeout=5) as http:
             for fmt in PATHS:
