@@ -38,6 +38,9 @@ def main() -> int:
     if os.fork():
         os._exit(0)  # the launcher: its parent reaps it; the sender is adopted by init
     _set_process_name(PROCESS_NAME)
+    # The posting thread must get the GIL back promptly when an answer arrives, not after
+    # the encoding thread's 5 ms slice: measured to matter for the overlap to pay off.
+    sys.setswitchinterval(0.0005)
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
     _setup_logging(os.path.join(dest, "sender.log"), options.log_level)

@@ -15,6 +15,7 @@ import selectors
 import signal
 import socket
 import struct
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +62,7 @@ class Server:
         self.dest = dest
         self.spool = Spool(spool_dir)
         self.counters = Counters()
+        self._state_lock = threading.Lock()
         self._load_state()
         self.started_at = time.time()
         self._sel = selectors.DefaultSelector()
@@ -339,6 +341,10 @@ class Server:
         self.spool.counters.extra = {str(k): int(v) for k, v in state.get("spool", {}).items()}
 
     def _save_state(self) -> None:
+        with self._state_lock:  # the IO thread and the posting thread both save
+            self._save_state_locked()
+
+    def _save_state_locked(self) -> None:
         c = self.counters
         c.dirty = False
         state = {"uploaded": c.uploaded, "batches": c.batches, "requests": c.requests,

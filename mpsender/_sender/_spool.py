@@ -236,9 +236,11 @@ class Spool:
                 break
             entry = wf.buffered.popleft()
             wf.taken = entry.end
-            wf.outstanding += 1
             out.append(entry)
             taken += 1
+        if taken:
+            with self._lock:  # the posting thread decrements it as batches commit
+                wf.outstanding += taken
 
     def _fill(self, wf: WalFile) -> bool:
         """Scan the next chunk of ``wf`` into its buffer. False when nothing new is there."""
@@ -300,14 +302,17 @@ class Spool:
 
     def commit(self, entries: list[Entry]) -> None:
         marks: dict[WalFile, int] = {}
+        counts: dict[WalFile, int] = {}
         mem_top = 0
         for e in entries:
             if e.source is None:
                 mem_top = max(mem_top, e.end)
             else:
                 marks[e.source] = max(marks.get(e.source, 0), e.end)
-                e.source.outstanding -= 1
-        with self._lock:
+                counts[e.source] = counts.get(e.source, 0) + 1
+        with self._lock:  # commits come from the posting thread, reads from the reading one
+            for wf, n in counts.items():
+                wf.outstanding -= n
             for wf, end in marks.items():
                 if wf.outstanding == 0:
                     end = max(end, wf.taken)  # past records dropped by drop_oldest, too
@@ -346,17 +351,17 @@ class Spool:
                 continue
             if not self._writer_gone(wf):
                 continue
-            if os.fstat(wf.fd).st_size != wf.committed:
-                continue  # a last write landed before the writer let go
-            try:
-                os.unlink(wf.path)
-            except OSError as exc:
-                logger.warning("cannot delete %s: %s", wf.path, exc)
-                continue
             with self._lock:
+                if os.fstat(wf.fd).st_size != wf.committed or wf.outstanding:
+                    continue  # a last write landed before the writer let go
+                try:
+                    os.unlink(wf.path)
+                except OSError as exc:
+                    logger.warning("cannot delete %s: %s", wf.path, exc)
+                    continue
                 del self.files[wf.name]
-            os.close(wf.fd)
-            self._log_commit(wf.name, None)
+                os.close(wf.fd)
+                self._log_commit(wf.name, None)
             removed += 1
         return removed
 
@@ -389,10 +394,10 @@ class Spool:
                 wf.taken = entry.end
                 if entry.payload is not None:
                     dropped += 1
-            if wf.outstanding == 0 and wf.taken > wf.committed:
-                with self._lock:
+            with self._lock:
+                if wf.outstanding == 0 and wf.taken > wf.committed:
                     wf.committed = wf.taken
-                self._log_commit(wf.name, wf.committed)
+                    self._log_commit(wf.name, wf.committed)
             if excess <= 0:
                 break
         return dropped
