@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from mpsender._collector import Collector, Faults, _JsonReader
+from mpsender._collector import Collector, Faults
+from mpsender._collector._store import _JsonReader
 
 KEY = "test-key"
 PATHS = {"segment": "/v1/batch", "posthog": "/batch/", "json": "/json"}
@@ -635,7 +636,7 @@ def test_ids_store_reads_what_orjson_refuses() -> None:
 
 def test_ids_store_works_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without orjson the json module parses: the same answers and ids."""
-    import mpsender._collector as module
+    import mpsender._collector._store as module  # the store holds the parser
 
     monkeypatch.setattr(module, "_orjson", None)
     c = Collector(write_key=KEY, store="ids").start()
