@@ -1018,7 +1018,7 @@ def experiment_a(args: argparse.Namespace, workdir: str) -> list[dict[str, Any]]
             print(f"{r['channel']}: {r['torn']} event(s) cut short by a SIGKILL in the middle of the write "
                   f"(their track() never returned) failed the spool checksum; the sender skipped them and "
                   f"counted them as dropped (corrupt).")
-    print(f"Rows took " + ", ".join(f"{r['seconds']:.0f} s" for r in rows) + ".\n")
+    print("Rows took " + ", ".join(f"{r['seconds']:.0f} s" for r in rows) + ".\n")
     return rows
 
 

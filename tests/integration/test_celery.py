@@ -12,8 +12,6 @@ import itertools
 import json
 import os
 import re
-import signal
-import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone

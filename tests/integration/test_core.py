@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import base64
 import fcntl
-import gzip
-import json
 import os
 import re
 import signal
@@ -21,7 +19,7 @@ import pytest
 
 import mpsender
 from mpsender._collector import Collector
-from support import app_env, check, live_sender_pids, run_app, sender_infos, wait_for
+from support import app_env, check, live_sender_pids, run_app, wait_for
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
