@@ -135,19 +135,27 @@ class Channel:
 
     def write(self, payload: bytes, now: float) -> None:
         """Append one packed event. Never blocks on the sender, never raises."""
-        if not self._journal:
-            sock = self._sock
-            if sock is not None:
-                try:
-                    sock.send(payload, _MSG_DONTWAIT)
-                    self.handed += 1
-                    if now >= self._next_check:
-                        self.check(now)
-                    return
-                except BlockingIOError:
-                    pass  # the sender is behind: spill to the file
-                except OSError:
-                    self._drop_socket()
+        if self._journal or not self._send_first(payload):
+            self._append(payload, now)
+        if now >= self._next_check:
+            self.check(now)
+
+    def _send_first(self, payload: bytes) -> bool:
+        """journal=False: the socket first; False when the event must go to the file."""
+        sock = self._sock
+        if sock is None:
+            return False
+        try:
+            sock.send(payload, _MSG_DONTWAIT)
+        except BlockingIOError:
+            return False  # the sender is behind: spill to the file
+        except OSError:
+            self._drop_socket()
+            return False
+        self.handed += 1
+        return True
+
+    def _append(self, payload: bytes, now: float) -> None:
         data = _pack_header(len(payload), _crc32(payload)) + payload
         fd = self._fd
         if fd < 0:
@@ -169,14 +177,10 @@ class Channel:
                 self._wal_size += written
                 if self._wal_size >= ROTATE_BYTES:
                     self._retire(fd, now)
-                if now >= self._next_check:
-                    self.check(now)
                 return
             if written >= 0:
                 self._wal_failed(fd, OSError(errno.ENOSPC, "short write"))
         self._fallback(payload)
-        if now >= self._next_check:
-            self.check(now)
 
     def _ring(self) -> None:
         bell, sock = self._bell, self._sock
@@ -463,10 +467,6 @@ class Channel:
         if key not in self._warned:
             self._warned.add(key)
             logger.warning(msg, *args)
-
-    @property
-    def connected(self) -> bool:
-        return self._sock is not None
 
 
 _GONE = object()

@@ -137,7 +137,7 @@ class Client:
         if self._off:
             return
         if event.__class__ is not str or not event:
-            self._reject(require_name, event, "event")
+            self._check(require_name, event, "event")
         rec: dict[str, Any]
         if properties.__class__ is dict and not self._props:
             rec = {"t": "track", "e": event, "p": properties}  # the common case, kept short
@@ -283,9 +283,6 @@ class Client:
         except MpsenderError:
             self._rejected += 1
             raise
-
-    def _reject(self, fn: Any, *args: Any) -> None:
-        self._check(fn, *args)
 
     @staticmethod
     def _id_str(value: Any, what: str) -> str:

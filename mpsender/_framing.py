@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import struct
 import zlib
-from collections.abc import Iterator
 from typing import NamedTuple
 
 __all__ = ["HEADER", "MAX_FRAME", "FrameScan", "frame", "scan"]
@@ -80,8 +79,3 @@ def _resync(mv: memoryview, start: int, n: int) -> int | None:
         if length <= MAX_FRAME and end <= n and _crc32(mv[pos + HEADER_SIZE:end]) == crc:
             return pos
     return None
-
-
-def iter_payloads(buf: bytes) -> Iterator[bytes]:
-    for _, payload in scan(buf, final=True).payloads:
-        yield payload

@@ -245,11 +245,11 @@ class Server:
             conn.pid = msg[1]
             conn.client = True
             for name in msg[2]:
-                self.spool_note(name)
+                self.spool.note(name)
             self.uploader.wake()
         elif kind == FLUSH:
             for mark in msg[2]:
-                self.spool_note(mark[0])
+                self.spool.note(mark[0])
             self._waiters.append(_Waiter(conn, msg[1], msg[2], self.spool.mem_in))
             self.uploader.urgent = True
             self.uploader.wake()
@@ -258,10 +258,6 @@ class Server:
         elif kind == STOP:
             self._reply(conn, msg[1], True)
             self._request_exit(f"stop requested by pid {conn.pid}")
-
-    def spool_note(self, name: Any) -> None:
-        if isinstance(name, str):
-            self.spool.note(name)
 
     def _memory_event(self, data: bytes) -> None:
         spool = self.spool

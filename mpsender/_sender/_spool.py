@@ -203,9 +203,6 @@ class Spool:
             self.files[name] = WalFile(name, path, fd, committed=start, read_pos=start, size=size, taken=start)
         return True
 
-    def knows(self, name: str) -> bool:
-        return name in self.files
-
     # --- reading ---------------------------------------------------------------------
 
     def read(self, limit: int) -> list[Entry]:

@@ -126,7 +126,6 @@ class Uploader(threading.Thread):
         self._deadletter_path = os.path.join(spool.dir, "deadletter.jsonl")
         self._auth_warned = False
         self._hooks = {name: _load_hook(getattr(options, name), name) for name in ("on_error", "on_delivery")}
-        self.idle = threading.Event()
 
     # --- control from the IO thread --------------------------------------------------
 
@@ -257,7 +256,6 @@ class Uploader(threading.Thread):
                 if self._stopping.is_set():
                     return None
                 first_at = None
-                self.idle.set()
                 self._on_commit()  # let waiting flushes see that nothing is left
             if first_at is None:
                 self._sleep(HOUSEKEEPING)
@@ -277,7 +275,6 @@ class Uploader(threading.Thread):
         self._wake.wait(timeout)
         self._wake.clear()
         bell[0] = 0
-        self.idle.clear()
 
     def _decode(self, entries: list[Entry]) -> None:
         opts = self.options
@@ -373,7 +370,6 @@ class Uploader(threading.Thread):
 
     def _send(self, events: list[Entry]) -> tuple[str, int | None, str]:
         attempt = 0
-        first_failure: float | None = None
         while True:
             if self._stopping.is_set() and self.deadline is not None and time.monotonic() >= self.deadline:
                 return _Outcome.ABANDON, None, ""
@@ -412,8 +408,6 @@ class Uploader(threading.Thread):
                 return _Outcome.SPLIT, status, body
             if status is None or is_retryable_status(status):
                 now = time.time()
-                if first_failure is None:
-                    first_failure = now
                 ra = parse_retry_after(retry_after, now) if retry_after is not None else None
                 delay = next_delay(attempt, retry_after=ra, base=self.options.retry_base, cap=self.options.retry_cap)
                 # one rate-limit state for the host: nothing goes out before it expires
