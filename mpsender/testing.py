@@ -42,10 +42,9 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
 
-import msgpack
-
 from . import _api
 from ._client import Client
+from ._events import unpack
 from ._exceptions import ConfigurationError
 from ._options import Options, resolve_options
 from ._version import __version__
@@ -184,7 +183,7 @@ class _CaptureChannel:
     def write(self, payload: bytes, now: float) -> None:
         try:
             # decoded and encoded as the sender does (_sender/_uploader.py, _decode)
-            record = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=False)
+            record = unpack(payload)
             format_message_id(record.get("m", b""))
             wire = self._encoder.encode(record)
         except Exception as exc:  # noqa: BLE001 - counted below, as the sender's dead letter

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
 import psutil
 
+from .._events import unpack
 from .._framing import scan
 from .._sender._spool import parse_commits
 from ._common import CliError
@@ -114,7 +114,7 @@ def pending_events(wal: WalInfo) -> int:
 
 
 def decode(payload: bytes) -> dict[str, Any]:
-    rec = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+    rec = unpack(payload)
     if not isinstance(rec, dict):
         raise ValueError(f"a record is a map, not {type(rec).__name__}")
     return rec

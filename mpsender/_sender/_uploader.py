@@ -23,8 +23,8 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
-import msgpack
 
+from .._events import unpack
 from .._options import Options
 from .._retry import (
     RateLimit,
@@ -287,9 +287,7 @@ class Uploader(threading.Thread):
                 skipped.append(e)
                 continue
             try:
-                # use_list=False: a tuple key the app could pack comes back hashable (the
-                # encoder writes it as its str()), not as an undecodable record
-                rec = msgpack.unpackb(e.payload, raw=False, strict_map_key=False, use_list=False)
+                rec = unpack(e.payload)
                 ts = rec.get("ts")
                 e.ts = ts if isinstance(ts, float) else now
                 if max_age is not None and now - e.ts > max_age:

@@ -1,0 +1,148 @@
+"""The record's bytes do not depend on whether the ``fast`` extra (ormsgpack) is installed.
+
+``track()`` packs with ormsgpack when it can and with msgpack otherwise; the sender
+unpacks the same way. Both paths must give the same bytes, the same records and the
+same errors, for every value an application may put in an event.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import decimal
+import enum
+import uuid
+from typing import Any
+
+import msgpack
+import pytest
+
+from mpsender import _events
+from mpsender._exceptions import UnserializableError
+
+ormsgpack = pytest.importorskip("ormsgpack")
+
+
+class Color(enum.Enum):
+    RED = "red"
+    TWO = 2
+
+
+class Level(enum.IntEnum):
+    HIGH = 5
+
+
+class Name(str):
+    pass
+
+
+class Count(int):
+    pass
+
+
+class Attrs(dict):  # type: ignore[type-arg]
+    pass
+
+
+@dataclasses.dataclass
+class Point:
+    x: int = 1
+
+
+_INTS = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2**64 - 1,
+         -1, -32, -33, -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**63)]
+
+#: every kind of value, including those only msgpack takes and those nobody takes
+VALUES: list[Any] = _INTS + [
+    1.5, float("nan"), float("inf"), -0.0, True, False, None,
+    "", "x" * 31, "x" * 32, "x" * 255, "x" * 256, "x" * 65536, "é€😀",
+    b"", b"\x00\xff" * 150, bytearray(b"ab"), memoryview(b"ab"),
+    [], (), [1, (2, 3)], {}, {"a": None, "b": [True, {"c": 1.25}]},
+    {1: 2}, {(1, 2): 3}, {1.5: 2}, {None: 1}, {True: 1},
+    dt.datetime(2026, 1, 2, 3, 4, 5), dt.datetime(2026, 1, 2, 3, 4, 5, 123456),
+    dt.datetime(2026, 1, 2, tzinfo=dt.timezone.utc),
+    dt.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=dt.timezone(dt.timedelta(hours=5, minutes=30))),
+    dt.date(2026, 1, 2), uuid.UUID(int=5), Color.RED, Color.TWO, Level.HIGH,
+    decimal.Decimal("1.25"), {1, 2}, frozenset(["a"]),
+    Name("s"), Count(3), Attrs(a=1),
+    # refused by both: the same error either way
+    dt.time(1, 2), Point(), object(), 2**64, -(2**63) - 1, "\ud800",
+]
+
+
+def _outcome(fn: Any, record: dict[str, Any]) -> Any:
+    try:
+        return fn(record)
+    except Exception as exc:  # noqa: BLE001 - compared below
+        return type(exc)
+
+
+@pytest.mark.parametrize("value", VALUES, ids=[f"{type(v).__name__}-{i}" for i, v in enumerate(VALUES)])
+def test_fast_path_packs_the_same_bytes_or_raises_the_same_error(value: Any) -> None:
+    record = {"t": "track", "m": b"\x01" * 16, "ts": 1.5, "u": "u1", "e": "E", "p": {"v": value}}
+    assert _outcome(_events.pack, record) == _outcome(_events._pack_msgpack, record)
+
+
+def test_the_fast_path_is_the_one_taken() -> None:
+    """ormsgpack really packs (else the test above compares msgpack with itself)."""
+    assert _events._fast_packb is ormsgpack.packb
+    record = {"t": "track", "p": {"when": dt.datetime(2026, 1, 2), "c": Color.RED}}
+    assert ormsgpack.packb(record, default=_events.convert, option=_events._FAST_OPTIONS) \
+        == _events._pack_msgpack(record)
+
+
+@pytest.mark.parametrize("value", [v for v in VALUES if _outcome(_events._pack_msgpack, {"v": v}) is not TypeError
+                                   and not isinstance(_outcome(_events._pack_msgpack, {"v": v}), type)])
+def test_unpack_reads_either_library_the_same(value: Any) -> None:
+    """The sender's unpack gives what msgpack gives, arrays aside (lists or tuples: the
+    same JSON), for every record track() can write."""
+    payload = _events._pack_msgpack({"t": "track", "p": {"v": value}})
+    reference = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=False)
+    got = _events.unpack(payload)
+    assert _tuples(got) == _tuples(reference) or _nan_equal(got, reference)
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {_tuples(k): _tuples(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+def _nan_equal(a: Any, b: Any) -> bool:
+    return repr(_tuples(a)) == repr(_tuples(b))  # nan != nan, but its repr is stable
+
+
+def test_unpack_refuses_malformed_records_with_value_error() -> None:
+    with pytest.raises(ValueError):
+        _events.unpack(b"\x81\xa1a\xa2\xff\xfe")  # a string that is not UTF-8
+    with pytest.raises(ValueError):
+        _events.unpack(b"\xc1")  # a byte msgpack never uses
+
+
+def test_bad_input_names_the_key_on_both_paths(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With and without the extra: the same error and message, and the events around it kept."""
+    import mpsender
+    from mpsender.testing import capture
+
+    messages = []
+    for fast in (ormsgpack.packb, None):
+        monkeypatch.setattr(_events, "_fast_packb", fast)
+        with capture() as events:
+            mpsender.track("Before", user_id="u", properties={"when": dt.date(2026, 1, 2)})
+            with pytest.raises(UnserializableError) as info:
+                mpsender.track("Bad", user_id="u", properties={"cart": [{"price": object()}]})
+            mpsender.track("After", user_id="u", properties={"ids": {3, 1}})
+            messages.append(str(info.value))
+            assert [e["event"] for e in events] == ["Before", "After"]
+            assert events[0]["properties"] == {"when": "2026-01-02"}
+            assert sorted(events[1]["properties"]["ids"]) == [1, 3]
+    assert messages[0] == messages[1]
+    assert "properties.cart[0].price" in messages[0]
+
+
+def test_unpack_without_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_events, "_fast_unpackb", None)
+    payload = _events._pack_msgpack({"t": "track", "p": {"a": [1, 2], "k": {(1, 2): "x"}}})
+    assert _events.unpack(payload) == {"t": "track", "p": {"a": (1, 2), "k": {(1, 2): "x"}}}
