@@ -38,6 +38,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mpsender._collector import Collector  # noqa: E402
+from mpsender._collector._server import tune_gc_for_serving  # noqa: E402
 
 
 def _distinct(collector: Collector, db_path: str) -> int:
@@ -59,6 +60,7 @@ def main() -> int:
     ap.add_argument("--write-key", default=None)
     args = ap.parse_args()
     db_path = args.db_path
+    tune_gc_for_serving()  # as `mpsender collect` does
     collector = Collector(db_path, max_records=1000, store=args.store, write_key=args.write_key).start()
     out = sys.stdout
     out.write(json.dumps({"url": collector.url, "pid": os.getpid(), "store": collector.store}) + "\n")

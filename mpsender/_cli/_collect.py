@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from .._collector import Collector, Faults
+from .._collector._server import tune_gc_for_serving
 from . import _common as c
 
 DEFAULT_PORT = 8787
@@ -73,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
     if args.tail and memory:
         raise c.CliError("--tail reads the database: give --db a file", c.EXIT_USAGE)
     try:
+        tune_gc_for_serving()  # this process only serves the collector
         collector = Collector(db, host=args.host, port=args.port, write_key=args.write_key, faults=faults)
     except (sqlite3.Error, OSError) as exc:
         raise c.CliError(f"cannot use the database {db}: {exc}") from exc
