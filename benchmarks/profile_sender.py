@@ -144,7 +144,8 @@ def main() -> int:
     ap.add_argument("--no-gzip", action="store_true")
     ap.add_argument("--http", action="store_true", help="post to a real local collector")
     ap.add_argument("--no-orjson", action="store_true", help="hide orjson, if installed")
-    ap.add_argument("--gc", default="", help="gc thresholds to set first, e.g. 50000,50,100; 'freeze' to gc.freeze()")
+    ap.add_argument("--gc", default="", help="gc thresholds to set first, e.g. 50000,50,100; 'freeze' to "
+                    "gc.freeze(); 'default' for CPython's (without it: the sender's own setting)")
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
@@ -154,8 +155,12 @@ def main() -> int:
         for part in args.gc.split("+"):
             if part == "freeze":
                 gc.freeze()
-            else:
+            elif part != "default":
                 gc.set_threshold(*(int(x) for x in part.split(",")))
+    else:
+        from mpsender._sender.__main__ import _collect_garbage_less_often
+
+        _collect_garbage_less_often()  # as the sender process does
     collector = None
     workdir = tempfile.mkdtemp(prefix="mpb-work-", dir="/tmp")
     try:

@@ -40,21 +40,24 @@ def scan(buf: bytes | memoryview, *, final: bool) -> FrameScan:
     a frame still being written is then counted as corrupt and consumed, not waited for.
     """
     mv = memoryview(buf)
+    data = buf if type(buf) is bytes else bytes(mv)  # one copy per payload, not two
     n = len(mv)
     pos = 0
     out: list[tuple[int, bytes]] = []
+    append = out.append
+    unpack_from = HEADER.unpack_from
     corrupt = 0
     while n - pos >= HEADER_SIZE:
-        length, crc = HEADER.unpack_from(mv, pos)
+        length, crc = unpack_from(data, pos)
         end = pos + HEADER_SIZE + length
         if length <= MAX_FRAME:
             if end > n:
                 if not final:
                     break  # may be a frame still being written: wait for more bytes
             else:
-                payload = bytes(mv[pos + HEADER_SIZE:end])
+                payload = data[pos + HEADER_SIZE:end]
                 if _crc32(payload) == crc:
-                    out.append((end, payload))
+                    append((end, payload))
                     pos = end
                     continue
         nxt = _resync(mv, pos + 1, n)

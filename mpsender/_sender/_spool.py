@@ -228,14 +228,20 @@ class Spool:
 
     def _read_file(self, wf: WalFile, limit: int, out: list[Entry]) -> None:
         taken = 0
+        buffered = wf.buffered
         while taken < limit:
-            if not wf.buffered and not self._fill(wf):
+            if not buffered and not self._fill(wf):
                 break
-            entry = wf.buffered.popleft()
-            wf.taken = entry.end
-            out.append(entry)
-            taken += 1
+            n = min(limit - taken, len(buffered))
+            if n == len(buffered):
+                out.extend(buffered)
+                buffered.clear()
+            else:
+                pop = buffered.popleft
+                out.extend([pop() for _ in range(n)])
+            taken += n
         if taken:
+            wf.taken = out[-1].end
             with self._lock:  # the posting thread decrements it as batches commit
                 wf.outstanding += taken
 
@@ -254,8 +260,7 @@ class Spool:
         if result.incomplete and not result.payloads and self._writer_gone(wf):
             result = scan(data, final=len(data) < CHUNK)
         base = wf.read_pos
-        for end, payload in result.payloads:
-            wf.buffered.append(Entry(wf, base + end, payload))
+        wf.buffered.extend([Entry(wf, base + end, payload) for end, payload in result.payloads])
         last = result.payloads[-1][0] if result.payloads else 0
         if result.consumed > last:
             wf.buffered.append(Entry(wf, base + result.consumed, None))  # corrupt region, skipped in order
