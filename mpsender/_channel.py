@@ -427,6 +427,11 @@ class Channel:
             return True
         return False
 
+    def nothing_sent(self) -> bool:
+        """Has this process written nothing a flush must wait for: no file, and no event
+        over the socket (journal=False, or the disk refused it)?"""
+        return not self._files and not self.fallback and (self._journal or not self.handed)
+
     def file_marks(self) -> list[list[Any]]:
         marks: list[list[Any]] = []
         for name, size in list(self._files.items()):

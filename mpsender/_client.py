@@ -95,7 +95,7 @@ class Client:
         in ``stats()``). False when ``timeout`` passes first. Never hangs."""
         if self._off:
             return True
-        if not self._channel.file_marks() and not self._channel.fallback:
+        if self._channel.nothing_sent():
             return True
         return self._channel.flush(timeout)
 
