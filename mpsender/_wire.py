@@ -203,7 +203,7 @@ class SegmentEncoder:
     when absent, as Segment's own libraries send them.
     """
 
-    __slots__ = ("_headers", "_library", "path")
+    __slots__ = ("_headers", "_library", "_library_context", "path")
 
     name: str = "segment"
     default_path: str = "/v1/batch"
@@ -219,6 +219,7 @@ class SegmentEncoder:
     ) -> None:
         self.path = _check_path(self.default_path if path is None else path)
         self._library = {"name": library_name, "version": library_version}
+        self._library_context = {"library": self._library}  # shared by events without a context
         self._headers = _merge_headers(self._auth_headers(write_key), headers)
 
     def _auth_headers(self, write_key: str) -> dict[str, str]:
@@ -245,13 +246,16 @@ class SegmentEncoder:
             elif u is None and t != "alias":
                 raise ValueError(f"{t!r} record without 'u' or 'a'")
             c = record.get("c")
-            out["context"] = {**c, "library": self._library} if c else {"library": self._library}
+            out["context"] = {**c, "library": self._library} if c else self._library_context
             v = record.get("i")
             if v is not None:
                 out["integrations"] = v
 
             if t == "track":
-                out["event"] = _require(record, "e")
+                v = record.get("e")
+                if v is None:
+                    raise ValueError("'track' record without 'e'")
+                out["event"] = v
                 out["properties"] = record.get("p") or {}
             elif t == "identify":
                 out["traits"] = record.get("tr") or {}
