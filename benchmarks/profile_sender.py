@@ -37,8 +37,8 @@ if "--no-orjson" in sys.argv:
 from mpsender._events import pack  # noqa: E402
 from mpsender._framing import frame  # noqa: E402
 from mpsender._options import Options  # noqa: E402
-from mpsender._sender._spool import Spool  # noqa: E402
-from mpsender._sender._uploader import Counters, Uploader  # noqa: E402
+from mpsender._sender._spool import Counters, Spool  # noqa: E402
+from mpsender._sender._uploader import Uploader  # noqa: E402
 
 
 class _Response:
@@ -95,9 +95,10 @@ def run(args: argparse.Namespace, url: str | None) -> dict[str, float]:
         spool_bytes = fill_spool(tmp, args.events, args.files, props)
         opts = Options(write_key=WRITE_KEY, endpoint=url or "http://127.0.0.1:9",
                        batch_size=args.batch_size, flush_interval=0.001, gzip=not args.no_gzip)
-        spool = Spool(tmp)
+        counters = Counters()
+        spool = Spool(tmp, counters)
         spool.discover()
-        up = Uploader(opts, spool, Counters(), lambda: None, bytearray(64))
+        up = Uploader(opts, spool, counters, lambda: None, bytearray(64))
         stub = None
         if url is None:
             stub = _StubHTTP()

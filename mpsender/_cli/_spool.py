@@ -15,6 +15,7 @@ import msgpack
 
 from .. import _wire
 from .._client import Client
+from .._sender._spool import Counters
 from .._version import __version__
 from . import _common as c
 from ._runtime import ControlError, Destination, select, sender_stats
@@ -295,11 +296,8 @@ def _totals(d: Destination) -> tuple[int, dict[str, int]]:
             return int(now.get("uploaded", 0)), dict(now.get("dropped") or {})
         except ControlError:
             pass  # the saved totals below are the next best thing
-    saved = state(d.spool)
-    dropped: dict[str, int] = dict(saved["dropped"]) if isinstance(saved.get("dropped"), dict) else {}
-    if saved.get("corrupt"):
-        dropped["corrupt"] = dropped.get("corrupt", 0) + int(saved["corrupt"])
-    return int(saved.get("uploaded", 0)), dropped
+    saved = state(d.spool)  # corrupt regions are among the dropped, in an older file too
+    return int(saved.get("uploaded", 0)), dict(saved.get("dropped") or {})
 
 
 def _last(stats: dict[str, Any]) -> str:
@@ -393,11 +391,11 @@ def _rewrite_commits(spool: Path, offsets: dict[str, int]) -> None:
 
 
 def _count_purged(spool: Path, n: int) -> None:
-    """Every dropped event is counted: the next sender reports these as dropped 'purged'."""
-    saved = state(spool)
-    dropped: dict[str, int] = saved["dropped"] if isinstance(saved.get("dropped"), dict) else {}
-    dropped["purged"] = int(dropped.get("purged", 0)) + n
-    saved["dropped"] = dropped
+    """Every dropped event is counted: the next sender reports these as dropped 'purged'.
+    Written in the sender's format (an older file's keys folded in): no sender runs now."""
+    counters = Counters()
+    counters.load(state(spool))
+    counters.drop("purged", n)
     tmp = spool / "state.json.tmp"
-    tmp.write_text(json.dumps(saved))
+    tmp.write_text(json.dumps({**counters.totals(), "saved_at": time.time()}))
     os.replace(tmp, spool / "state.json")

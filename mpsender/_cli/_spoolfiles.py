@@ -19,7 +19,7 @@ import psutil
 
 from .._events import unpack
 from .._framing import scan
-from .._sender._spool import parse_commits
+from .._sender._spool import parse_commits, parse_state
 from ._common import CliError
 
 _CHUNK = 1 << 20
@@ -141,8 +141,9 @@ def deadletter(spool: Path) -> list[dict[str, Any]]:
 
 
 def state(spool: Path) -> dict[str, Any]:
+    """The saved totals (``state.json``), an older file's keys folded in; {} when none were saved."""
     try:
         data = json.loads((spool / "state.json").read_text())
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    return parse_state(data) if isinstance(data, dict) else {}

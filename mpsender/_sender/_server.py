@@ -25,8 +25,8 @@ import msgpack
 from .._options import Options
 from .._protocol import FLUSH, HELLO, MAX_CONTROL, REPLY, STATS, STOP, WAKE
 from .._version import __version__
-from ._spool import Spool
-from ._uploader import Counters, Uploader
+from ._spool import Counters, Spool
+from ._uploader import Uploader
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +60,9 @@ class Server:
     def __init__(self, options: Options, dest: str, spool_dir: str) -> None:
         self.options = options
         self.dest = dest
-        self.spool = Spool(spool_dir)
-        self.counters = Counters()
+        self.counters = Counters()  # the one set: the spool and the uploader count into it too
+        self.spool = Spool(spool_dir, self.counters)
+        self._unjournaled = 0  # events over a socket with the journal on, not yet counted
         self._state_lock = threading.Lock()
         self._load_state()
         self.started_at = time.time()
@@ -126,6 +127,7 @@ class Server:
                         self._read(key.data)
                 except Exception:  # noqa: BLE001 - one bad client must not stop the sender
                     logger.exception("error while serving a connection")
+            self._count_unjournaled()
             self._check_waiters()
             self._backpressure()
             now = time.monotonic()
@@ -265,10 +267,18 @@ class Server:
         spool.mem.append((spool.mem_in, data))
         spool.mem_bytes += len(data)
         if self.options.journal:
-            spool.count("spool_unavailable")  # an app could not write its file
+            self._unjournaled += 1  # an app could not write its file (counted once per pass)
         if len(spool.mem) >= MAX_MEMORY_EVENTS or spool.mem_bytes >= MAX_MEMORY_BYTES:
             self._backpressure()
         self.uploader.wake()
+
+    def _count_unjournaled(self) -> None:
+        """Count the events that came over a socket though the journal is on as
+        spool_unavailable, once per pass of the loop: the counters' lock is not taken
+        per event."""
+        if self._unjournaled:
+            self.counters.incident("spool_unavailable", self._unjournaled)
+            self._unjournaled = 0
 
     def _reply(self, conn: _Conn, req: int, payload: Any) -> None:
         try:
@@ -291,18 +301,15 @@ class Server:
     # --- stats and state ------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
+        self._count_unjournaled()  # a STATS request in the middle of a pass sees them too
         c = self.counters
         spool = self.spool
         dropped = dict(c.dropped)
         incidents = dict(c.incidents)
-        for reason, n in spool.counters.extra.items():
-            incidents[reason] = incidents.get(reason, 0) + n
-        if spool.counters.corrupt:
-            dropped["corrupt"] = dropped.get("corrupt", 0) + spool.counters.corrupt
         pending_bytes = spool.pending_bytes()
         return {
             "pid": os.getpid(), "started_at": self.started_at, "uptime": time.time() - self.started_at,
-            "received": spool.counters.received, "uploaded": c.uploaded, "batches": c.batches,
+            "received": c.received, "uploaded": c.uploaded, "batches": c.batches,
             "requests": c.requests, "retries": c.retries,
             # read from the spool and not yet settled (queued, in a batch, being retried)
             "pending": len(spool.mem) + sum(wf.outstanding + len(wf.buffered)
@@ -326,27 +333,15 @@ class Server:
         except (OSError, ValueError) as exc:
             logger.warning("cannot read %s (%s); counters start from zero", path, exc)
             return
-        c = self.counters
-        c.uploaded = int(state.get("uploaded", 0))
-        c.batches = int(state.get("batches", 0))
-        c.requests = int(state.get("requests", 0))
-        c.retries = int(state.get("retries", 0))
-        c.dropped = {str(k): int(v) for k, v in state.get("dropped", {}).items()}
-        c.incidents = {str(k): int(v) for k, v in state.get("incidents", {}).items()}
-        self.spool.counters.corrupt = int(state.get("corrupt", 0))
-        self.spool.counters.extra = {str(k): int(v) for k, v in state.get("spool", {}).items()}
+        self.counters.load(state)  # an older file's "corrupt" and "spool" keys are folded in
 
     def _save_state(self) -> None:
         with self._state_lock:  # the IO thread and the posting thread both save
             self._save_state_locked()
 
     def _save_state_locked(self) -> None:
-        c = self.counters
-        c.dirty = False
-        state = {"uploaded": c.uploaded, "batches": c.batches, "requests": c.requests,
-                 "retries": c.retries, "dropped": c.dropped, "incidents": c.incidents,
-                 "corrupt": self.spool.counters.corrupt,
-                 "spool": self.spool.counters.extra, "saved_at": time.time()}
+        self.counters.dirty = False  # before the copy: a drop counted meanwhile is saved next time
+        state = {**self.counters.totals(), "saved_at": time.time()}
         path = os.path.join(self.spool.dir, _STATE)
         try:
             with open(path + ".tmp", "w") as fh:

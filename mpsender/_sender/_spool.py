@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 CHUNK = 256 * 1024
 _COMMITS = "commits.log"
 _COMPACT_AT = 1 << 20
+#: the plain totals ``state.json`` keeps (besides ``dropped`` and ``incidents``)
+_TOTALS = ("uploaded", "batches", "requests", "retries")
 
 
 def parse_commits(data: bytes) -> tuple[dict[str, int], bool]:
@@ -48,6 +50,86 @@ def parse_commits(data: bytes) -> tuple[dict[str, int], bool]:
     except (ValueError, msgpack.ExtraData):
         return out, True
     return out, False
+
+
+def parse_state(data: Any) -> dict[str, Any]:
+    """The totals of a ``state.json`` document: ``uploaded``, ``batches``, ``requests``,
+    ``retries``, ``dropped`` and ``incidents``. Files written before the counters were
+    one set keep corrupt regions under ``"corrupt"`` and the spool's incidents under
+    ``"spool"``: they are folded into ``dropped`` and ``incidents``, so nothing counted
+    before an upgrade is lost. What is not a count reads as none."""
+    if not isinstance(data, dict):
+        data = {}
+    out: dict[str, Any] = {key: _count(data.get(key)) for key in _TOTALS}
+    dropped = _tally(data.get("dropped"))
+    incidents = _tally(data.get("incidents"))
+    corrupt = _count(data.get("corrupt"))
+    if corrupt:
+        dropped["corrupt"] = dropped.get("corrupt", 0) + corrupt
+    for reason, n in _tally(data.get("spool")).items():
+        incidents[reason] = incidents.get(reason, 0) + n
+    out["dropped"] = dropped
+    out["incidents"] = incidents
+    return out
+
+
+def _count(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _tally(value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): n for k, v in value.items() if (n := _count(v))}
+
+
+class Counters:
+    """The sender's counters: one set, counted by the IO, reading and posting threads.
+    The totals are persisted in ``state.json`` across restarts; ``received`` and the last
+    answer are this sender's own."""
+
+    def __init__(self) -> None:
+        self.received = 0  # events read from the spool or memory (the reading thread only)
+        self.uploaded = 0
+        self.batches = 0
+        self.requests = 0
+        self.retries = 0
+        #: events lost for good, by reason (corrupt regions of the spool included)
+        self.dropped: dict[str, int] = {}
+        #: things that went wrong without losing an event (auth_failures, spool_unavailable, ...)
+        self.incidents: dict[str, int] = {}
+        self.last_status: int | None = None
+        self.last_error: str | None = None
+        self.dirty = False  # a drop happened since the last save: save soon, a SIGKILL may follow
+        self._lock = threading.Lock()  # the reading and the posting thread both count
+
+    def drop(self, reason: str, n: int = 1) -> None:
+        if n:
+            with self._lock:
+                self.dropped[reason] = self.dropped.get(reason, 0) + n
+                self.dirty = True
+
+    def incident(self, reason: str, n: int = 1) -> None:
+        with self._lock:
+            self.incidents[reason] = self.incidents.get(reason, 0) + n
+
+    def load(self, state: Any) -> None:
+        """Start from the totals of a ``state.json`` document (old formats included)."""
+        saved = parse_state(state)
+        with self._lock:
+            self.uploaded = saved["uploaded"]
+            self.batches = saved["batches"]
+            self.requests = saved["requests"]
+            self.retries = saved["retries"]
+            self.dropped = saved["dropped"]
+            self.incidents = saved["incidents"]
+
+    def totals(self) -> dict[str, Any]:
+        """What ``state.json`` keeps, copied under the lock: another thread may be counting."""
+        with self._lock:
+            return {"uploaded": self.uploaded, "batches": self.batches, "requests": self.requests,
+                    "retries": self.retries, "dropped": dict(self.dropped),
+                    "incidents": dict(self.incidents)}
 
 
 @dataclass(slots=True)
@@ -86,21 +168,13 @@ class WalFile:
     buffered: collections.deque[Entry] = field(default_factory=collections.deque)
 
 
-@dataclass
-class SpoolCounters:
-    corrupt: int = 0
-    received: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
-
-
 class Spool:
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, counters: Counters) -> None:
         self.dir = directory
         self.files: dict[str, WalFile] = {}
         self._lock = threading.Lock()  # the IO thread asks about commits while the uploader works
         self._rr = 0
-        self.counters = SpoolCounters()
-        self.dirty = False  # corruption counted since the last save of the counters
+        self.counters = counters  # the server's: received, corrupt regions, spool incidents
         self.mem: collections.deque[tuple[int, bytes]] = collections.deque()
         self._noted: collections.deque[str] = collections.deque()  # names from HELLO/FLUSH
         self.mem_in = 0          # sequence number of the last event received over a socket
@@ -137,7 +211,7 @@ class Spool:
         try:
             os.write(self._commit_fd, data)
         except OSError as exc:
-            self.count("spool_unavailable")
+            self.counters.incident("spool_unavailable")
             logger.warning("cannot write commits.log: %s; a restart would send some events again", exc)
             return
         self._commit_log_size += len(data)
@@ -266,8 +340,7 @@ class Spool:
             wf.buffered.append(Entry(wf, base + result.consumed, None))  # corrupt region, skipped in order
         wf.read_pos = base + result.consumed
         if result.corrupt:
-            self.counters.corrupt += result.corrupt
-            self.dirty = True
+            self.counters.drop("corrupt", result.corrupt)  # marks the counters for a save
             logger.warning("%s: skipped %d corrupt region(s) after offset %d", wf.name, result.corrupt, base)
         return bool(wf.buffered)
 
@@ -414,9 +487,6 @@ class Spool:
                     wf.synced = size
             except OSError as exc:
                 logger.warning("fsync %s: %s", wf.path, exc)
-
-    def count(self, reason: str, n: int = 1) -> None:
-        self.counters.extra[reason] = self.counters.extra.get(reason, 0) + n
 
     def close(self) -> None:
         for wf in list(self.files.values()):

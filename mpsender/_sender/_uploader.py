@@ -36,7 +36,7 @@ from .._retry import (
 )
 from .._version import __version__
 from .._wire import format_timestamp, get_encoder
-from ._spool import Entry, Spool
+from ._spool import Counters, Entry, Spool
 
 logger = logging.getLogger(__name__)
 
@@ -49,34 +49,6 @@ _AUTH_PAUSE = 30.0
 #: the time of level 6 for ~20% more bytes (benchmarks/profiles/sender.md): the sender
 #: shares the host's cores with the application, and the link is rarely the limit.
 GZIP_LEVEL = 1
-
-
-class Counters:
-    """The sender's counters. Totals are persisted in ``state.json`` across restarts."""
-
-    def __init__(self) -> None:
-        self.uploaded = 0
-        self.batches = 0
-        self.requests = 0
-        self.retries = 0
-        #: events lost for good, by reason
-        self.dropped: dict[str, int] = {}
-        #: things that went wrong without losing an event (auth_failures, hook_errors, ...)
-        self.incidents: dict[str, int] = {}
-        self.last_status: int | None = None
-        self.last_error: str | None = None
-        self.dirty = False  # a drop happened since the last save
-        self._lock = threading.Lock()  # the reading and the posting thread both count
-
-    def drop(self, reason: str, n: int = 1) -> None:
-        if n:
-            with self._lock:
-                self.dropped[reason] = self.dropped.get(reason, 0) + n
-                self.dirty = True
-
-    def incident(self, reason: str, n: int = 1) -> None:
-        with self._lock:
-            self.incidents[reason] = self.incidents.get(reason, 0) + n
 
 
 class _Outcome:
@@ -205,8 +177,7 @@ class Uploader(threading.Thread):
             while True:
                 try:
                     abandoned = not self._deliver(batch)
-                    if self.counters.dirty or self.spool.dirty:
-                        self.spool.dirty = False
+                    if self.counters.dirty:
                         self._save_state()  # loss accounting survives even a SIGKILL
                     break
                 except Exception:  # noqa: BLE001 - logged, and the same batch is tried again

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import threading
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import msgpack
 
 from mpsender._framing import frame
-from mpsender._sender._spool import Spool, parse_commits
+from mpsender._sender._spool import Counters, Spool, parse_commits, parse_state
 
 
 def _write(path: Path, n: int, start: int = 0) -> None:
@@ -34,7 +35,7 @@ def test_a_file_announced_and_discovered_is_read_once(tmp_path: Path) -> None:
     records are read once, through one descriptor."""
     name = "123-abcd1234-0.wal"
     _write(tmp_path / name, 3)
-    spool = Spool(str(tmp_path))
+    spool = Spool(str(tmp_path), Counters())
     t = threading.Thread(target=spool.note, args=(name,))
     t.start()
     spool.discover()
@@ -51,7 +52,7 @@ def test_commit_then_finish_deletes_a_file_whose_writer_left(tmp_path: Path) -> 
     forgets it."""
     path = tmp_path / "1-a-0.wal"
     _write(path, 5)
-    spool = Spool(str(tmp_path))
+    spool = Spool(str(tmp_path), Counters())
     spool.discover()
     entries = spool.read(100)
     assert _seqs(entries) == list(range(5))
@@ -69,7 +70,7 @@ def test_a_locked_file_is_kept_and_read_on(tmp_path: Path) -> None:
     writer = os.open(path, os.O_RDONLY)
     fcntl.flock(writer, fcntl.LOCK_SH)
     try:
-        spool = Spool(str(tmp_path))
+        spool = Spool(str(tmp_path), Counters())
         spool.discover()
         spool.commit(spool.read(100))
         assert spool.finish_files() == 0 and path.exists()
@@ -87,13 +88,13 @@ def test_restart_resumes_from_the_committed_offset(tmp_path: Path) -> None:
     writer = os.open(path, os.O_RDONLY)
     fcntl.flock(writer, fcntl.LOCK_SH)  # the writer is alive: nothing gets deleted
     try:
-        spool = Spool(str(tmp_path))
+        spool = Spool(str(tmp_path), Counters())
         spool.discover()
         entries = spool.read(4)
         spool.commit(entries)
         spool.read(100)  # read, never committed: a sender killed mid-batch
         spool.close()
-        again = Spool(str(tmp_path))
+        again = Spool(str(tmp_path), Counters())
         again.discover()
         assert _seqs(again.read(100)) == list(range(4, 10))
         again.close()
@@ -107,7 +108,7 @@ def test_drop_oldest_skips_unread_records_and_counts_them(tmp_path: Path) -> Non
     _write(old, 50)
     os.utime(old, (1, 1))
     _write(new, 50, start=100)
-    spool = Spool(str(tmp_path))
+    spool = Spool(str(tmp_path), Counters())
     spool.discover()
     for wf in spool.files.values():
         wf.size = os.path.getsize(wf.path)
@@ -115,3 +116,96 @@ def test_drop_oldest_skips_unread_records_and_counts_them(tmp_path: Path) -> Non
     assert dropped == 50
     assert _seqs(spool.read(1000)) == list(range(100, 150))
     spool.close()
+
+
+def test_corrupt_regions_and_reads_are_counted_in_the_senders_counters(tmp_path: Path) -> None:
+    """The spool counts into the sender's one set of counters: a corrupt region is dropped
+    'corrupt' (and marks the counters for a save), every record read is received."""
+    path = tmp_path / "1-a-0.wal"
+    _write(path, 3)
+    with open(path, "ab") as fh:
+        fh.write(b"\x00\x01garbage\xfe" * 5)
+    _write(path, 2, start=3)
+    counters = Counters()
+    spool = Spool(str(tmp_path), counters)
+    spool.discover()
+    assert _seqs(spool.read(100)) == list(range(5))
+    assert counters.received == 5 and counters.dropped == {"corrupt": 1} and counters.dirty
+    assert counters.incidents == {}
+    spool.close()
+
+
+# --- state.json: the persisted counters --------------------------------------------------------
+
+#: a state.json written before the counters were one set
+_OLD_STATE = {"uploaded": 40, "batches": 4, "requests": 6, "retries": 2,
+              "dropped": {"expired": 3, "rejected": 1}, "incidents": {"auth_failures": 2},
+              "corrupt": 5, "spool": {"spool_unavailable": 7}, "saved_at": 1.0}
+_UNIFIED_KEYS = {"uploaded", "batches", "requests", "retries", "dropped", "incidents", "saved_at"}
+
+
+def test_an_old_state_json_is_folded_into_dropped_and_incidents() -> None:
+    """The old "corrupt" count becomes dropped corrupt, the old "spool" items incidents:
+    nothing counted before an upgrade is lost; what is not a count reads as none."""
+    expected = {"uploaded": 40, "batches": 4, "requests": 6, "retries": 2,
+                "dropped": {"expired": 3, "rejected": 1, "corrupt": 5},
+                "incidents": {"auth_failures": 2, "spool_unavailable": 7}}
+    assert parse_state(_OLD_STATE) == expected
+    assert parse_state(expected) == expected  # the unified format reads as itself
+    assert parse_state({**_OLD_STATE, "dropped": {"corrupt": 1}, "incidents": {"spool_unavailable": 1}}) == {
+        **expected, "dropped": {"corrupt": 6}, "incidents": {"spool_unavailable": 8}}
+    assert parse_state({"uploaded": "x", "dropped": [1], "spool": {"a": None}, "corrupt": True}) == {
+        "uploaded": 0, "batches": 0, "requests": 0, "retries": 0, "dropped": {}, "incidents": {}}
+    assert parse_state([1, 2]) == parse_state({})
+    counters = Counters()
+    counters.load(_OLD_STATE)
+    assert counters.totals() == expected and not counters.dirty
+
+
+def test_the_sender_loads_an_old_state_json_and_saves_the_unified_format(tmp_path: Path) -> None:
+    """A sender started on an older state.json reports the same totals as before (corrupt
+    among the dropped, spool_unavailable among the incidents) and saves only the unified keys."""
+    from mpsender._options import Options
+    from mpsender._sender._server import Server
+
+    spool_dir = tmp_path / "spool"
+    spool_dir.mkdir()
+    (spool_dir / "state.json").write_text(json.dumps(_OLD_STATE))
+    server = Server(Options(write_key="k", endpoint="http://127.0.0.1:9"), str(tmp_path), str(spool_dir))
+    try:
+        stats = server.stats()
+        assert stats["dropped"] == {"expired": 3, "rejected": 1, "corrupt": 5}
+        assert stats["incidents"] == {"auth_failures": 2, "spool_unavailable": 7}
+        assert (stats["uploaded"], stats["batches"], stats["requests"], stats["retries"]) == (40, 4, 6, 2)
+        assert stats["received"] == 0  # this sender's own, not persisted
+        server._memory_event(b"\x80")  # a socket event with the journal on: a spool incident
+        assert server.stats()["incidents"]["spool_unavailable"] == 8
+        server._save_state()
+        saved = json.loads((spool_dir / "state.json").read_text())
+        assert set(saved) == _UNIFIED_KEYS
+        assert saved["dropped"] == {"expired": 3, "rejected": 1, "corrupt": 5}
+        assert saved["incidents"] == {"auth_failures": 2, "spool_unavailable": 8}
+    finally:
+        server.uploader._http.close()
+        server.spool.close()
+        server._sel.close()
+        server._bell.close()
+        os.close(server._wake_r)
+        os.close(server._wake_w)
+
+
+def test_spool_purge_counts_into_an_old_state_json_in_the_unified_format(tmp_path: Path) -> None:
+    """`mpsender spool purge` reads an older state.json with its keys folded in and
+    writes the unified format, adding the purged events to the dropped."""
+    from mpsender._cli._spool import _count_purged
+    from mpsender._cli._spoolfiles import state
+
+    assert state(tmp_path) == {}  # nothing saved yet
+    (tmp_path / "state.json").write_text(json.dumps(_OLD_STATE))
+    assert state(tmp_path)["dropped"] == {"expired": 3, "rejected": 1, "corrupt": 5}
+    _count_purged(tmp_path, 9)
+    saved = json.loads((tmp_path / "state.json").read_text())
+    assert set(saved) == _UNIFIED_KEYS
+    assert saved["dropped"] == {"expired": 3, "rejected": 1, "corrupt": 5, "purged": 9}
+    assert saved["incidents"] == {"auth_failures": 2, "spool_unavailable": 7}
+    assert saved["uploaded"] == 40
