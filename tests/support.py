@@ -50,7 +50,12 @@ def live_sender_pids(runtime_dir: str | os.PathLike[str]) -> set[int]:
         cmd = proc.info["cmdline"] or []
         if proc.info["status"] == psutil.STATUS_ZOMBIE or proc.info["name"] != "mpsender-sender":
             continue
-        if "mpsender._sender" in cmd and any(arg.startswith(root) for arg in cmd):
+        if not cmd:
+            # Exiting: the kernel drops a process's memory, and with it its command line,
+            # before it closes its files, so this one may still hold its sender.lock. It
+            # cannot be told apart by its arguments any more: count it until it is a zombie.
+            pids.add(proc.info["pid"])
+        elif "mpsender._sender" in cmd and any(arg.startswith(root) for arg in cmd):
             pids.add(proc.info["pid"])
     return pids
 
