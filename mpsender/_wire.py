@@ -22,6 +22,7 @@ import json
 import math
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -120,6 +121,29 @@ try:  # optional (an extra): 4-5x faster than the json module on a wire event
     _orjson_dumps = orjson.dumps
 except ImportError:  # pragma: no cover - exercised where orjson is not installed
     _orjson_dumps = None
+
+
+#: deflate level of request bodies: the fastest that still compresses JSON batches ~10x
+GZIP_LEVEL: Final = 1
+
+_gzip_compressobj: Callable[..., Any]
+try:  # optional (the ``fast`` extra): Intel's ISA-L deflate, ~8x zlib's speed at level 1
+    from isal import isal_zlib  # type: ignore[import-not-found,unused-ignore]
+
+    _gzip_compressobj = isal_zlib.compressobj
+except ImportError:  # pragma: no cover - exercised where the extra is not installed
+    _gzip_compressobj = zlib.compressobj
+
+
+def gzip_compress(data: bytes) -> bytes:
+    """``data`` as one gzip member (RFC 1952), as ``Content-Encoding: gzip`` wants it.
+
+    With python-isal installed (the ``fast`` extra) ISA-L deflates: a 412 KB batch of
+    1,000 events in 0.14 ms against 1.1 ms for zlib at level 1, and smaller (36 against 42
+    bytes per event), benchmarks/profiles/sender.md. Any gzip reader inflates either.
+    """
+    comp = _gzip_compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
+    return comp.compress(data) + comp.flush()  # type: ignore[no-any-return]
 
 
 def _to_json_bytes(obj: Any) -> bytes:

@@ -17,7 +17,6 @@ import queue
 import socket
 import threading
 import time
-import zlib
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -35,7 +34,7 @@ from .._retry import (
     parse_retry_after,
 )
 from .._version import __version__
-from .._wire import format_timestamp, get_encoder
+from .._wire import format_timestamp, get_encoder, gzip_compress
 from ._spool import Counters, Entry, Spool
 
 logger = logging.getLogger(__name__)
@@ -48,7 +47,6 @@ _AUTH_PAUSE = 30.0
 #: zlib level of request bodies. Level 1 deflates a batch of JSON events in about half
 #: the time of level 6 for ~20% more bytes (benchmarks/profiles/sender.md): the sender
 #: shares the host's cores with the application, and the link is rarely the limit.
-GZIP_LEVEL = 1
 
 
 class _Outcome:
@@ -407,8 +405,7 @@ class Uploader(threading.Thread):
         req = self.encoder.request_parts([e.wire for e in events], sent_at=time.time())
         body = req.body
         if self.options.gzip:
-            comp = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-            body = comp.compress(body) + comp.flush()
+            body = gzip_compress(body)
         try:
             resp = self._http.post(self._url, content=body, headers=self._http_headers(req.headers))
         except httpx.TimeoutException as exc:

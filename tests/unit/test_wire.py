@@ -544,3 +544,36 @@ def test_wire_request_is_frozen() -> None:
     req = WireRequest("/x", {}, b"")
     with pytest.raises(AttributeError):
         req.path = "/y"  # type: ignore[misc]
+
+
+# -- gzip ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("implementation", ["installed", "zlib"])
+def test_gzip_compress_gives_one_standard_gzip_member(implementation: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever deflates (ISA-L from the fast extra, or zlib), any gzip reader gets the
+    body back, and a batch of similar events shrinks as it should."""
+    import gzip
+    import zlib
+
+    from mpsender import _wire
+
+    if implementation == "zlib":
+        monkeypatch.setattr(_wire, "_gzip_compressobj", zlib.compressobj)
+    events = [{"type": "track", "messageId": str(uuid.UUID(int=i)), "event": "Order Completed",
+               "properties": {"i": i, "sku": f"sku-{i % 7}"}} for i in range(1000)]
+    body = json.dumps({"batch": events}).encode()
+    packed = _wire.gzip_compress(body)
+    assert packed[:2] == b"\x1f\x8b"  # a gzip member, not a zlib stream
+    assert gzip.decompress(packed) == body
+    d = zlib.decompressobj(wbits=31)
+    assert d.decompress(packed) == body and d.eof and d.unused_data == b""
+    assert len(packed) < len(body) / 5
+    assert _wire.gzip_compress(b"") and gzip.decompress(_wire.gzip_compress(b"")) == b""
+
+
+def test_the_fast_extra_deflates_with_isal() -> None:
+    isal_zlib = pytest.importorskip("isal.isal_zlib")
+    from mpsender import _wire
+
+    assert _wire._gzip_compressobj is isal_zlib.compressobj
