@@ -35,6 +35,7 @@ import msgpack
 
 from . import _spawn
 from ._framing import HEADER
+from ._framing import crc32 as _crc32
 from ._options import Options
 from ._paths import Paths
 from ._protocol import FLUSH, HELLO, MAX_CONTROL, REPLY, STATS, STOP, WAKE_FRAME
@@ -475,8 +476,6 @@ class Channel:
 
 
 _GONE = object()
-
-from zlib import crc32 as _crc32  # noqa: E402  (kept next to its one use in write())
 
 
 def _wait_fd(sock: socket.socket, events: int, deadline: float) -> bool:

@@ -9,16 +9,24 @@ from __future__ import annotations
 
 import struct
 import zlib
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
-__all__ = ["HEADER", "MAX_FRAME", "FrameScan", "frame", "scan"]
+__all__ = ["HEADER", "MAX_FRAME", "FrameScan", "crc32", "frame", "scan"]
 
 HEADER = struct.Struct("<II")
 HEADER_SIZE = HEADER.size
 #: no legitimate payload is larger (max_message_bytes is capped at 1 MB)
 MAX_FRAME = 1_048_576
 
-_crc32 = zlib.crc32
+crc32: Callable[[Any], int]
+try:  # optional (the ``fast`` extra): ISA-L's CRC-32, the same values as zlib's
+    from isal.isal_zlib import crc32  # type: ignore[import-not-found,unused-ignore,no-redef]
+except ImportError:  # pragma: no cover - exercised where the extra is not installed
+    crc32 = zlib.crc32
+# 0.05 µs against 0.17 µs for a 220-byte record (0.39 against 3.3 µs for 20 KB): track()
+# checksums every record it writes, the sender every record it reads.
+_crc32 = crc32
 _pack = HEADER.pack
 
 
