@@ -297,8 +297,7 @@ class Spool:
             seq, payload = self.mem.popleft()
             self.mem_bytes -= len(payload)
             out.append(Entry(None, seq, payload))
-        self.counters.received += sum(1 for e in out if e.payload is not None)
-        return out
+        return out  # counted as received once decoded (Uploader._decode)
 
     def _read_file(self, wf: WalFile, limit: int, out: list[Entry]) -> None:
         taken = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import json
 import logging
+import operator
 import os
 import queue
 import socket
@@ -47,6 +48,9 @@ _AUTH_PAUSE = 30.0
 #: zlib level of request bodies. Level 1 deflates a batch of JSON events in about half
 #: the time of level 6 for ~20% more bytes (benchmarks/profiles/sender.md): the sender
 #: shares the host's cores with the application, and the link is rarely the limit.
+
+
+_entry_ts = operator.attrgetter("ts")
 
 
 class _Outcome:
@@ -248,41 +252,43 @@ class Uploader(threading.Thread):
         bell[0] = 0
 
     def _decode(self, entries: list[Entry]) -> None:
+        """Unpack and encode what was read, and queue it (corrupt regions too, in order,
+        for the commit). The hot loop of the sender: one pass, nothing per event that a
+        batch-wide value can do."""
         opts = self.options
-        max_age = opts.max_event_age
+        max_bytes = opts.max_message_bytes
         now = time.time()
+        too_old = now - opts.max_event_age if opts.max_event_age is not None else None
         encode = self.encoder.encode
-        skipped: list[Entry] = []
+        received = 0
         for e in entries:
-            if e.payload is None:
-                skipped.append(e)
-                continue
+            payload = e.payload
+            if payload is None:
+                continue  # a corrupt region, skipped
+            received += 1
             try:
-                rec = unpack(e.payload)
+                rec = unpack(payload)
                 ts = rec.get("ts")
-                e.ts = ts if isinstance(ts, float) else now
-                if max_age is not None and now - e.ts > max_age:
+                e.ts = ts = ts if type(ts) is float else now
+                if too_old is not None and ts < too_old:
                     self.counters.drop("expired")
                     e.payload = None
-                    skipped.append(e)
                     continue
                 e.mid = rec["m"]  # no id: undecodable, as before (the encoder formats it)
-                e.wire = encode(rec)
+                e.wire = wire = encode(rec)
             except Exception as exc:  # noqa: BLE001 - a record we cannot read is dead-lettered, not retried
                 self._dead_letter([e], None, f"undecodable record: {exc!r}")
                 self.counters.drop("undecodable")
                 e.payload = None
-                skipped.append(e)
                 continue
-            if len(e.wire) > opts.max_message_bytes:
-                self._dead_letter([e], None, f"event is {len(e.wire)} bytes as JSON, over {opts.max_message_bytes}")
+            if len(wire) > max_bytes:
+                self._dead_letter([e], None, f"event is {len(wire)} bytes as JSON, over {max_bytes}")
                 self.counters.drop("oversize")
                 e.payload = None
-                skipped.append(e)
                 continue
             e.payload = b""  # decoded: free the packed bytes
-        for e in entries:
-            self._pending.append(e)
+        self.counters.received += received
+        self._pending.extend(entries)
 
     def _cut(self, *, force: bool) -> list[Entry]:
         """Take a batch off the front of the pending records, keeping their order."""
@@ -393,6 +399,8 @@ class Uploader(threading.Thread):
         if max_age is None:
             return events
         now = time.time()
+        if not events or min(map(_entry_ts, events)) >= now - max_age:
+            return events  # the common case: nothing near the limit, no pass in Python
         keep = [e for e in events if now - e.ts <= max_age]
         if len(keep) != len(events):
             self.counters.drop("expired", len(events) - len(keep))
