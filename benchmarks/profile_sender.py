@@ -31,8 +31,11 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import EVENT, PROPERTIES, WRITE_KEY, CollectorProcess, padded_properties  # noqa: E402
 
-if "--no-orjson" in sys.argv:
+if "--no-orjson" in sys.argv or "--no-fast" in sys.argv:
     sys.modules["orjson"] = None  # type: ignore[assignment]  # as if the optional extra were not installed
+if "--no-fast" in sys.argv:  # none of the fast extra: msgpack, json, zlib
+    sys.modules["ormsgpack"] = None  # type: ignore[assignment]
+    sys.modules["isal"] = None  # type: ignore[assignment]
 
 from mpsender._events import pack  # noqa: E402
 from mpsender._framing import frame  # noqa: E402
@@ -145,6 +148,7 @@ def main() -> int:
     ap.add_argument("--no-gzip", action="store_true")
     ap.add_argument("--http", action="store_true", help="post to a real local collector")
     ap.add_argument("--no-orjson", action="store_true", help="hide orjson, if installed")
+    ap.add_argument("--no-fast", action="store_true", help="hide the whole fast extra (orjson, ormsgpack, isal)")
     ap.add_argument("--gc", default="", help="gc thresholds to set first, e.g. 50000,50,100; 'freeze' to "
                     "gc.freeze(); 'default' for CPython's (without it: the sender's own setting)")
     ap.add_argument("--profile", action="store_true")
