@@ -77,9 +77,9 @@ def machine() -> dict[str, str]:
     except OSError:
         pass
     versions = {}
-    # orjson and ormsgpack: mpsender's optional `fast` extra ("-": not installed, slower)
+    # orjson, ormsgpack and isal: mpsender's optional `fast` extra ("-": not installed, slower)
     for name, dist in (("mpsender", "mpsender"), ("msgpack", "msgpack"), ("httpx", "httpx"),
-                       ("orjson", "orjson"), ("ormsgpack", "ormsgpack"),
+                       ("orjson", "orjson"), ("ormsgpack", "ormsgpack"), ("isal", "isal"),
                        ("segment", "segment-analytics-python"), ("posthog", "posthog")):
         try:
             from importlib.metadata import version
