@@ -211,7 +211,7 @@ class Server:
             # only applications count: a monitor polling STATS must not keep us alive
             self._last_client_left = time.monotonic()
         # its file is final now, perhaps: let the uploader look
-        self.uploader.client_left()
+        self.uploader.client_left(application=conn.client)
 
     def _read(self, conn: _Conn) -> None:
         buf = self._buf

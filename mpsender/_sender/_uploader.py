@@ -75,6 +75,10 @@ class Uploader(threading.Thread):
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self.urgent = False
+        # Applications that disconnected, and how many of them the uploader has read the
+        # spool after: while they differ, a partial batch is not held back.
+        self._departures = 0
+        self._departures_read = 0
         self.deadline: float | None = None
         self.rate_limit = RateLimit()
         self.encoder = get_encoder(
@@ -108,9 +112,13 @@ class Uploader(threading.Thread):
     def wake(self) -> None:
         self._wake.set()
 
-    def client_left(self) -> None:
-        """A client disconnected: its file may be deletable now."""
+    def client_left(self, *, application: bool) -> None:
+        """A client disconnected: its file may be deletable now. An application's last
+        events need not wait for ``flush_interval``: the next batch leaves as soon as
+        what is in the spool has been read, however small."""
         self._next_housekeeping = 0.0
+        if application:
+            self._departures += 1
         self._wake.set()
 
     def stop(self, deadline: float) -> None:
@@ -216,6 +224,7 @@ class Uploader(threading.Thread):
         first_at: float | None = None
         while True:
             now = time.monotonic()
+            departures = self._departures  # before reading: a later one is seen next time
             self._housekeeping(now)
             if len(self._pending) < opts.batch_size:
                 self._decode(self.spool.read(opts.batch_size))
@@ -224,12 +233,14 @@ class Uploader(threading.Thread):
             batch = self._cut(force=False)
             if batch:
                 return batch
-            if self._pending and (self.urgent or self._stopping.is_set()
+            if self._pending and (self.urgent or self._departures != self._departures_read
+                                  or self._stopping.is_set()
                                   or (first_at is not None and now - first_at >= opts.flush_interval)):
                 return self._cut(force=True)
             if not self._pending:
                 if self._stopping.is_set():
                     return None
+                self._departures_read = departures  # what they wrote was read and is on its way
                 first_at = None
                 self._on_commit()  # let waiting flushes see that nothing is left
             if first_at is None:

@@ -183,6 +183,21 @@ os.kill(os.getpid(), signal.SIGKILL)
     assert sorted(e["properties"]["i"] for e in collector.events()) == list(range(500))
 
 
+def test_an_exiting_app_does_not_wait_for_the_flush_interval(collector: Collector, runtime_dir: str) -> None:
+    """An application that exits (here without flush()) leaves a partial batch behind:
+    the sender sends it when the connection closes, not flush_interval (60 s) later."""
+    code = """
+import mpsender
+mpsender.init(flush_interval=60, batch_size=1000)
+assert mpsender.stats(timeout=5).sender is not None  # connected: the sender will see it leave
+for i in range(7):
+    mpsender.track("last-words", user_id="x", properties={"i": i})
+"""
+    check(run_app(code, app_env(collector.url, runtime_dir)))
+    assert collector.wait_for(lambda c: len(set(c.message_ids())) >= 7, timeout=15)
+    assert sorted(e["properties"]["i"] for e in collector.events()) == list(range(7))
+
+
 def test_sender_lingers_then_exits_cleanly_and_a_new_one_starts(
         collector: Collector, runtime_dir: str) -> None:
     """After the last client leaves and the linger passes the sender is gone, leaving
