@@ -4,6 +4,7 @@ its output and exit code checked against what really happened (SQLite, processes
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import json
 import os
@@ -198,7 +199,7 @@ def test_demo_numbers_match_the_sqlite_file(tmp_path: Path, runtime_dir: str) ->
     proc = cli("demo", "--workers", "3", "--events", "400", "--rate", "2000", "--db", str(db),
                "--runtime-dir", runtime_dir)
     assert proc.returncode == 0, show(proc)
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # `with conn` alone does not close it
         rows = conn.execute("SELECT message_id, received_at, payload FROM events").fetchall()
     distinct = {mid for mid, _, _ in rows}
     per_worker: dict[int, int] = {}
@@ -261,7 +262,7 @@ def test_collect_stores_the_three_formats_and_rejects_bad_requests(tmp_path: Pat
     assert "! 400 /v1/batch: body is not valid JSON" in out
     assert "! 401 /v1/batch: wrong write key" in out
     assert "4 event(s) stored" in server.err.decode(), server.output()
-    with sqlite3.connect(db) as conn:
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # `with conn` alone does not close it
         stored = conn.execute("SELECT format, event, user_id, message_id FROM events ORDER BY id").fetchall()
         statuses = [s for (s,) in conn.execute("SELECT status FROM requests ORDER BY id")]
     assert stored == [("segment", "Seg Event", "u1", "m-1"), ("posthog", "PH Event", "u2", "m-2"),
@@ -291,7 +292,7 @@ def test_collect_faults_make_the_sender_retry(tmp_path: Path, runtime_dir: str, 
     (report,) = json.loads(status.stdout)
     assert report["retries"] == 2 and report["uploaded"] == 20 and report["last_status"] == 200
     assert server.stop() == 0
-    with sqlite3.connect(tmp_path / "f.db") as conn:
+    with contextlib.closing(sqlite3.connect(tmp_path / "f.db")) as conn:  # `with conn` alone does not close it
         assert conn.execute("SELECT count(DISTINCT message_id) FROM events").fetchone()[0] == 20
         assert [s for (s,) in conn.execute("SELECT status FROM requests ORDER BY id")][:2] == [503, 503]
 
