@@ -490,18 +490,23 @@ def test_file_database_is_appended_to(tmp_path: Path) -> None:
 # -- waiting and totals --------------------------------------------------------
 
 
-def test_wait_for_wakes_when_events_arrive(collector: Collector) -> None:
-    """wait_for returns True as soon as a request from another thread stores the events."""
+def _wait_for_events_posted_by_another_thread(collector: Collector, n: int) -> bool:
+    """Post ``n`` events from another thread and return what ``wait_for`` said."""
     def send() -> None:
         with httpx.Client(base_url=collector.url, timeout=5) as http:
-            post(http, "json", make_events("json", 5))
+            post(http, "json", make_events("json", n))
 
     sender = threading.Thread(target=send)
     sender.start()
     try:
-        assert collector.wait_for(lambda c: c.count() >= 5, timeout=10)
+        return collector.wait_for(lambda c: c.count() >= n, timeout=10)
     finally:
         sender.join(10)
+
+
+def test_wait_for_wakes_when_events_arrive(collector: Collector) -> None:
+    """wait_for returns True as soon as a request from another thread stores the events."""
+    assert _wait_for_events_posted_by_another_thread(collector, 5)
 
 
 def test_wait_for_returns_false_on_timeout(collector: Collector) -> None:
@@ -663,16 +668,7 @@ def test_ids_store_applies_the_faults(lean: Collector) -> None:
 
 def test_ids_store_wait_for_and_restart(lean: Collector) -> None:
     """wait_for wakes on a request from another thread; stop() and start() keep the ids."""
-    def send() -> None:
-        with httpx.Client(base_url=lean.url, timeout=5) as http:
-            post(http, "json", make_events("json", 5))
-
-    sender = threading.Thread(target=send)
-    sender.start()
-    try:
-        assert lean.wait_for(lambda c: c.count() >= 5, timeout=10)
-    finally:
-        sender.join(10)
+    assert _wait_for_events_posted_by_another_thread(lean, 5)
     lean.stop()
     lean.start()
     with httpx.Client(base_url=lean.url, timeout=5) as http:
