@@ -212,18 +212,24 @@ class CollectorProcess:
         return proc_cpu(self.pid)
 
     def close(self) -> None:
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
+        stop_collector_process(self.proc, self.db, timeout=10)
+
+
+def stop_collector_process(proc: subprocess.Popen[str], db: str, timeout: float) -> None:
+    """End a collector process (end of stdin asks it to stop; killed past ``timeout``) and
+    remove its database files."""
+    if proc.stdin is not None:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    for suffix in ("", "-wal", "-shm"):
         try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                os.unlink(self.db + suffix)
-            except FileNotFoundError:
-                pass
+            os.unlink(db + suffix)
+        except FileNotFoundError:
+            pass
 
 
 # --- the mpsender sender -----------------------------------------------------------------------

@@ -49,12 +49,10 @@ Benchmarks only: figures, not a pass/fail test. Every process it starts is ended
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import json
 import mmap
 import multiprocessing
 import os
-import platform
 import queue
 import random
 
@@ -83,37 +81,22 @@ sys.path.insert(0, str(REPO / "tests"))
 
 from support import app_env, kill_senders, live_sender_pids  # noqa: E402
 
-PYTHON = sys.executable
-WRITE_KEY = "bench-write-key"
-EVENT = "Order Completed"
-USER_ID = "user-8d2c41"
-PROPERTIES: dict[str, Any] = {
-    "order_id": "ord-20261123-0042", "revenue": 49.95, "items": 3, "coupon": None,
-    "first_order": False, "currency": "EUR", "skus": ["sku-1", "sku-22", "sku-333"],
-    "shipping": {"method": "express", "days": 2},
-}
+sys.path.insert(0, str(HERE))
+# the benchmarks' one event, key and machine line (bench_durability imports them from here)
+from _common import (  # noqa: E402
+    EVENT,
+    PROPERTIES,
+    PYTHON,
+    USER_ID,
+    WRITE_KEY,
+    machine_line,
+    stop_collector_process,
+)
+
 WRITERS = 4
 
 
 # --- the machine ---------------------------------------------------------------------------
-
-
-def machine_line() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = "load %.2f %.2f %.2f" % os.getloadavg()
-    except OSError:
-        load = "load ?"
-    date = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return (f"{date} · nproc {os.cpu_count()} ({cpu}) · Python {platform.python_version()} · "
-            f"Linux {platform.release()} · {load} at start")
 
 
 def command_line() -> str:
@@ -231,18 +214,7 @@ class CollectorProc:
         if self._db is not None:
             self._db.close()
             self._db = None
-        if self.proc.stdin is not None:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        for suffix in ("", "-wal", "-shm"):
-            try:
-                os.unlink(self.db + suffix)
-            except FileNotFoundError:
-                pass
+        stop_collector_process(self.proc, self.db, timeout=15)
 
 
 # --- the event --------------------------------------------------------------------------------
