@@ -9,7 +9,13 @@ framing), split over ``--files`` write-ahead files as ``--files`` producers woul
 uploader is the real one; only its HTTP client is replaced by a stub answering 200, so
 the figure is the sender's own CPU per event, which the end-to-end run cannot isolate
 (there the collector shares the two cores). ``--http`` posts to a real local collector
-instead, to see the per-request cost of httpx on top.
+(its lean in-memory store, as in ``bench_compare.py``) instead, to see the per-request
+cost of httpx on top.
+
+``--threads`` runs the uploader as the sender does: its own thread reading and encoding,
+the posting thread gzipping, posting and committing, one batch handed over at a time. It
+prints the CPU of each thread too; the difference from the default (one thread doing
+every step in turn) is what the hand-over costs (benchmarks/profiles/sender.md).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import pstats
 import random
 import shutil
+import threading
 import sys
 import tempfile
 import time
@@ -40,6 +47,7 @@ if "--no-fast" in sys.argv:  # none of the fast extra: msgpack, json, zlib
 from mpsender._events import pack  # noqa: E402
 from mpsender._framing import frame  # noqa: E402
 from mpsender._options import Options  # noqa: E402
+from mpsender._sender.__main__ import SWITCH_INTERVAL, _collect_garbage_less_often  # noqa: E402
 from mpsender._sender._spool import Counters, Spool  # noqa: E402
 from mpsender._sender._uploader import Uploader  # noqa: E402
 
@@ -108,6 +116,8 @@ def run(args: argparse.Namespace, url: str | None) -> dict[str, float]:
             up._http.close()
             up._http = stub  # type: ignore[assignment]
         up.urgent = True  # cut the last, partial batch at once
+        if args.threads:
+            return _run_threaded(up, counters, args.events, spool_bytes, stub)
         prof = cProfile.Profile() if args.profile else None
         c0 = time.process_time()
         t0 = time.perf_counter()
@@ -139,6 +149,42 @@ def run(args: argparse.Namespace, url: str | None) -> dict[str, float]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _thread_cpu(native_id: int | None) -> float:
+    """CPU seconds (user + system) of one thread of this process, from /proc."""
+    with open(f"/proc/self/task/{native_id}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _run_threaded(up: Uploader, counters: Counters, events: int, spool_bytes: int,
+                  stub: _StubHTTP | None) -> dict[str, Any]:
+    """The uploader's own threads until ``events`` are committed; CPU per thread (both
+    threads start here, so their whole CPU time is this run's)."""
+    delivered = threading.Event()
+
+    def on_commit() -> None:
+        if counters.uploaded >= events:
+            delivered.set()
+
+    up._on_commit = on_commit
+    c0 = time.process_time()
+    t0 = time.perf_counter()
+    up.start()
+    if not delivered.wait(120):
+        raise RuntimeError(f"only {counters.uploaded} of {events} events delivered in 120 s")
+    cpu = time.process_time() - c0
+    wall = time.perf_counter() - t0
+    per_thread = {t.name: _thread_cpu(t.native_id)
+                  for t in threading.enumerate() if t.name.startswith("mpsender-")}
+    up.stop(time.monotonic() + 5)
+    up.join(10)
+    return {"events": counters.uploaded, "cpu_us_per_event": cpu / events * 1e6,
+            "events_per_s_one_core": events / cpu if cpu else float("nan"), "wall_s": wall,
+            "spool_bytes": spool_bytes, "wire_bytes": stub.bytes if stub else float("nan"),
+            "requests": stub.requests if stub else counters.requests,
+            "threads_us_per_event": {k: v / events * 1e6 for k, v in per_thread.items()}}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=200_000)
@@ -147,6 +193,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=0, help="pad the record to about this many bytes")
     ap.add_argument("--no-gzip", action="store_true")
     ap.add_argument("--http", action="store_true", help="post to a real local collector")
+    ap.add_argument("--threads", action="store_true",
+                    help="the uploader's own two threads, as in the sender (CPU per thread shown)")
     ap.add_argument("--no-orjson", action="store_true", help="hide orjson, if installed")
     ap.add_argument("--no-fast", action="store_true", help="hide the whole fast extra (orjson, ormsgpack, isal)")
     ap.add_argument("--gc", default="", help="gc thresholds to set first, e.g. 50000,50,100; 'freeze' to "
@@ -154,6 +202,8 @@ def main() -> int:
     ap.add_argument("--profile", action="store_true")
     ap.add_argument("--top", type=int, default=25)
     args = ap.parse_args()
+    if args.threads and args.profile:
+        ap.error("--profile follows one thread: use it without --threads")
     if args.gc:
         import gc
 
@@ -163,27 +213,31 @@ def main() -> int:
             elif part != "default":
                 gc.set_threshold(*(int(x) for x in part.split(",")))
     else:
-        from mpsender._sender.__main__ import _collect_garbage_less_often
-
         _collect_garbage_less_often()  # as the sender process does
+    sys.setswitchinterval(SWITCH_INTERVAL)  # as the sender process does
     collector = None
     workdir = tempfile.mkdtemp(prefix="mpb-work-", dir="/tmp")
     try:
         if args.http:
-            collector = CollectorProcess(workdir)
+            collector = CollectorProcess(workdir, store="ids", write_key=WRITE_KEY)
         res = run(args, collector.url if collector else None)
     finally:
         if collector:
             collector.close()
         shutil.rmtree(workdir, ignore_errors=True)
     prof = res.pop("profile", None)
+    threads = res.pop("threads_us_per_event", None)
+    mode = ", the uploader's two threads" if args.threads else ", one thread"
     print(f"{res['events']:,} events, batch_size {args.batch_size}, gzip {not args.no_gzip}, "
-          f"{'HTTP to the local collector' if args.http else 'stub HTTP'}: "
+          f"{'HTTP to the local collector' if args.http else 'stub HTTP'}"
+          f"{mode}: "
           f"{res['cpu_us_per_event']:.2f} µs CPU per event "
           f"({res['events_per_s_one_core']:,.0f} events/s on one core; {res['events'] / res['wall_s']:,.0f} "
           f"events/s wall), "
           f"{res['requests']} requests, spool {res['spool_bytes'] / res['events']:.0f} B/event, "
           f"wire {res['wire_bytes'] / max(res['events'], 1):.1f} B/event")
+    if threads:
+        print("  CPU µs per event by thread: " + ", ".join(f"{k} {v:.2f}" for k, v in sorted(threads.items())))
     if prof:
         print(prof)
     return 0

@@ -39,9 +39,7 @@ def main() -> int:
     if os.fork():
         os._exit(0)  # the launcher: its parent reaps it; the sender is adopted by init
     _set_process_name(PROCESS_NAME)
-    # The posting thread must get the GIL back promptly when an answer arrives, not after
-    # the encoding thread's 5 ms slice: measured to matter for the overlap to pay off.
-    sys.setswitchinterval(0.0005)
+    sys.setswitchinterval(SWITCH_INTERVAL)
     _collect_garbage_less_often()
     devnull = os.open(os.devnull, os.O_RDWR)
     os.dup2(devnull, 0)
@@ -84,6 +82,11 @@ def _set_process_name(name: str) -> None:
     except (OSError, AttributeError):
         pass  # not Linux, or no prctl: only the name in ps is lost
 
+
+#: The posting thread must get the GIL back promptly when an answer arrives, not after the
+#: encoding thread's 5 ms slice (CPython's default): measured to matter for the overlap to
+#: pay off (benchmarks/profiles/sender.md).
+SWITCH_INTERVAL = 0.0005
 
 #: the garbage collector's first threshold in the sender (CPython's default: 700)
 GC_THRESHOLD = 10_000
