@@ -28,9 +28,9 @@ import os
 import pstats
 import random
 import shutil
-import threading
 import sys
 import tempfile
+import threading
 import time
 from typing import Any
 
@@ -99,7 +99,7 @@ def fill_spool(spool_dir: str, events: int, files: int, props: dict[str, Any]) -
     return size
 
 
-def run(args: argparse.Namespace, url: str | None) -> dict[str, float]:
+def run(args: argparse.Namespace, url: str | None) -> dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix="mpb-spool-", dir="/tmp")
     try:
         props = padded_properties(args.size) if args.size else PROPERTIES
@@ -116,50 +116,55 @@ def run(args: argparse.Namespace, url: str | None) -> dict[str, float]:
             up._http.close()
             up._http = stub  # type: ignore[assignment]
         up.urgent = True  # cut the last, partial batch at once
-        if args.threads:
-            return _run_threaded(up, counters, args.events, spool_bytes, stub)
         prof = cProfile.Profile() if args.profile else None
+        out: dict[str, Any] = {}
         c0 = time.process_time()
         t0 = time.perf_counter()
-        if prof:
-            prof.enable()
-        done = 0
-        while done < args.events:
-            batch = up._collect()
-            if batch is None:
-                break
-            up._deliver(batch)
-            done += sum(1 for e in batch if e.payload is not None)
-        if prof:
-            prof.disable()
+        if args.threads:
+            done = _drain_threaded(up, counters, args.events)
+        else:
+            done = _drain_one_thread(up, args.events, prof)
         cpu = time.process_time() - c0
         wall = time.perf_counter() - t0
-        out = {"events": done, "cpu_us_per_event": cpu / max(done, 1) * 1e6,
-               "events_per_s_one_core": done / cpu if cpu else float("nan"),
-               "wall_s": wall, "spool_bytes": spool_bytes,
-               "wire_bytes": stub.bytes if stub else float("nan"),
-               "requests": stub.requests if stub else up.counters.requests}
+        if args.threads:
+            out["threads_us_per_event"] = {t.name: _thread_cpu(t.native_id) / done * 1e6
+                                           for t in threading.enumerate() if t.name.startswith("mpsender-")}
+            up.stop(time.monotonic() + 5)
+            up.join(10)
+        out.update({"events": done, "cpu_us_per_event": cpu / max(done, 1) * 1e6,
+                    "events_per_s_one_core": done / cpu if cpu else float("nan"),
+                    "wall_s": wall, "spool_bytes": spool_bytes,
+                    "wire_bytes": stub.bytes if stub else float("nan"),
+                    "requests": stub.requests if stub else up.counters.requests})
         spool.close()
         if prof:
             s = io.StringIO()
             pstats.Stats(prof, stream=s).sort_stats("tottime").print_stats(args.top)
-            out["profile"] = s.getvalue()  # type: ignore[assignment]
+            out["profile"] = s.getvalue()
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _thread_cpu(native_id: int | None) -> float:
-    """CPU seconds (user + system) of one thread of this process, from /proc."""
-    with open(f"/proc/self/task/{native_id}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _drain_one_thread(up: Uploader, events: int, prof: cProfile.Profile | None) -> int:
+    """Every step in turn in this thread, as one batch after another; events sent."""
+    if prof:
+        prof.enable()
+    done = 0
+    while done < events:
+        batch = up._collect()
+        if batch is None:
+            break
+        up._deliver(batch)
+        done += sum(1 for e in batch if e.payload is not None)
+    if prof:
+        prof.disable()
+    return done
 
 
-def _run_threaded(up: Uploader, counters: Counters, events: int, spool_bytes: int,
-                  stub: _StubHTTP | None) -> dict[str, Any]:
-    """The uploader's own threads until ``events`` are committed; CPU per thread (both
-    threads start here, so their whole CPU time is this run's)."""
+def _drain_threaded(up: Uploader, counters: Counters, events: int) -> int:
+    """The uploader's own two threads, until ``events`` are committed; events sent. Both
+    threads start here, so their whole CPU time is this drain's (``_thread_cpu``)."""
     delivered = threading.Event()
 
     def on_commit() -> None:
@@ -167,22 +172,17 @@ def _run_threaded(up: Uploader, counters: Counters, events: int, spool_bytes: in
             delivered.set()
 
     up._on_commit = on_commit
-    c0 = time.process_time()
-    t0 = time.perf_counter()
     up.start()
     if not delivered.wait(120):
         raise RuntimeError(f"only {counters.uploaded} of {events} events delivered in 120 s")
-    cpu = time.process_time() - c0
-    wall = time.perf_counter() - t0
-    per_thread = {t.name: _thread_cpu(t.native_id)
-                  for t in threading.enumerate() if t.name.startswith("mpsender-")}
-    up.stop(time.monotonic() + 5)
-    up.join(10)
-    return {"events": counters.uploaded, "cpu_us_per_event": cpu / events * 1e6,
-            "events_per_s_one_core": events / cpu if cpu else float("nan"), "wall_s": wall,
-            "spool_bytes": spool_bytes, "wire_bytes": stub.bytes if stub else float("nan"),
-            "requests": stub.requests if stub else counters.requests,
-            "threads_us_per_event": {k: v / events * 1e6 for k, v in per_thread.items()}}
+    return counters.uploaded
+
+
+def _thread_cpu(native_id: int | None) -> float:
+    """CPU seconds (user + system) of one thread of this process, from /proc."""
+    with open(f"/proc/self/task/{native_id}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
