@@ -140,10 +140,11 @@ def proc_status(pid: int) -> dict[str, int]:
     return out
 
 
-def proc_cpu(pid: int) -> float:
-    """User + system CPU seconds of ``pid`` (all its threads)."""
+def proc_cpu(pid: int, tid: int | None = None) -> float:
+    """User + system CPU seconds of ``pid`` (all its threads), or of its thread ``tid``."""
+    path = f"/proc/{pid}/stat" if tid is None else f"/proc/{pid}/task/{tid}/stat"
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(path).read_text().rsplit(")", 1)[1].split()
     except OSError:
         return float("nan")
     tick = os.sysconf("SC_CLK_TCK")

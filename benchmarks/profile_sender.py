@@ -36,7 +36,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import EVENT, PROPERTIES, WRITE_KEY, CollectorProcess, padded_properties  # noqa: E402
+from _common import EVENT, PROPERTIES, WRITE_KEY, CollectorProcess, padded_properties, proc_cpu  # noqa: E402
 
 if "--no-orjson" in sys.argv or "--no-fast" in sys.argv:
     sys.modules["orjson"] = None  # type: ignore[assignment]  # as if the optional extra were not installed
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, url: str | None) -> dict[str, Any]:
         cpu = time.process_time() - c0
         wall = time.perf_counter() - t0
         if args.threads:
-            out["threads_us_per_event"] = {t.name: _thread_cpu(t.native_id) / done * 1e6
+            out["threads_us_per_event"] = {t.name: proc_cpu(os.getpid(), t.native_id) / done * 1e6
                                            for t in threading.enumerate() if t.name.startswith("mpsender-")}
             up.stop(time.monotonic() + 5)
             up.join(10)
@@ -164,7 +164,7 @@ def _drain_one_thread(up: Uploader, events: int, prof: cProfile.Profile | None) 
 
 def _drain_threaded(up: Uploader, counters: Counters, events: int) -> int:
     """The uploader's own two threads, until ``events`` are committed; events sent. Both
-    threads start here, so their whole CPU time is this drain's (``_thread_cpu``)."""
+    threads start here, so their whole CPU time is this drain's."""
     delivered = threading.Event()
 
     def on_commit() -> None:
@@ -176,13 +176,6 @@ def _drain_threaded(up: Uploader, counters: Counters, events: int) -> int:
     if not delivered.wait(120):
         raise RuntimeError(f"only {counters.uploaded} of {events} events delivered in 120 s")
     return counters.uploaded
-
-
-def _thread_cpu(native_id: int | None) -> float:
-    """CPU seconds (user + system) of one thread of this process, from /proc."""
-    with open(f"/proc/self/task/{native_id}/stat") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> int:
