@@ -266,6 +266,10 @@ class Client:
             if hooked is None:
                 return
             rec = hooked
+        if rec["ts"] != now:
+            # A backfill (or a hook's timestamp): the sender ages the event from when it
+            # was written, never from its own time, so a historical event is not expired.
+            rec["w"] = now
         try:
             payload = pack(rec)
         except (TypeError, ValueError, OverflowError) as exc:

@@ -26,7 +26,8 @@ import msgpack
 
 from ._exceptions import EventTypeError, InvalidEventError, UnserializableError
 
-__all__ = ["FIELD_NAMES", "convert", "error_properties", "explain_unpackable", "pack", "to_timestamp", "unpack"]
+__all__ = ["FIELD_NAMES", "convert", "error_properties", "explain_unpackable", "pack", "to_timestamp", "unpack",
+           "written_at"]
 
 #: long names of the record's short keys, for error messages
 FIELD_NAMES = {"p": "properties", "tr": "traits", "c": "context", "i": "integrations"}
@@ -267,3 +268,17 @@ def _id(value: Any, what: str) -> str | None:
     if isinstance(value, (str, uuid.UUID)):
         return str(value)
     raise EventTypeError(f"{what} must be a str or int, not {type(value).__qualname__}")
+
+
+def written_at(record: Mapping[str, Any], default: float) -> float:
+    """When ``track()`` wrote ``record``, in epoch seconds: what an event's age for
+    ``max_event_age`` counts from, never the event's own (perhaps historical) timestamp.
+    A record with a timestamp of its own (a backfill, or one a before_send hook set)
+    carries the moment it was written as ``"w"``; otherwise its ``"ts"`` is that moment.
+    ``default`` for a record that says neither (a string timestamp kept as given by an
+    older version)."""
+    w = record.get("w")
+    if type(w) is float:
+        return w
+    ts = record.get("ts")
+    return ts if type(ts) is float else default

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from .._events import unpack
+from .._events import unpack, written_at
 from .._options import Options
 from .._retry import (
     RateLimit,
@@ -279,8 +279,7 @@ class Uploader(threading.Thread):
             received += 1
             try:
                 rec = unpack(payload)
-                ts = rec.get("ts")
-                e.ts = ts = ts if type(ts) is float else now
+                e.ts = ts = written_at(rec, now)
                 if too_old is not None and ts < too_old:
                     self.counters.drop("expired")
                     e.payload = None

@@ -3,6 +3,7 @@ corrupt or full spool. Every case is a real fault injected into real processes."
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import random
@@ -22,6 +23,7 @@ from mpsender._events import pack
 from mpsender._framing import frame
 from mpsender._options import Options
 from mpsender._paths import paths_for
+from mpsender._wire import format_timestamp
 from support import app_env, check, live_sender_pids, run_app, wait_for
 
 FAST_RETRY = {"retry_base": 0.02, "retry_cap": 0.2}
@@ -300,21 +302,47 @@ def test_spool_bound_drops_oldest_and_counts_it(client_factory, collector: Colle
 
 def test_expired_events_are_dropped_and_the_count_survives_a_restart(
         client_factory, collector: Collector) -> None:
-    """An event older than max_event_age is dropped as expired; the counter is persisted
-    across sender restarts."""
-    client = client_factory(max_event_age=60.0)
-    client.track("old", user_id="u", timestamp=time.time() - 3600)
+    """An event still undelivered max_event_age after track() wrote it is dropped as
+    expired; the counter is persisted across sender restarts."""
+    collector.set_faults(Faults(status=503))
+    client = client_factory(max_event_age=0.3, **FAST_RETRY)
+    client.track("old", user_id="u")
+    assert wait_for(lambda: (client.stats().sender or _NO_DROPS).dropped == {"expired": 1}, timeout=20)
+    collector.set_faults(Faults())
     client.track("new", user_id="u")
     assert client.flush(timeout=20)
     assert [e["event"] for e in collector.events()] == ["new"]
     first = client.stats().sender
-    assert first.dropped == {"expired": 1}
+    assert first is not None and first.dropped == {"expired": 1}
     assert client._channel.stop_sender(timeout=10)
     assert wait_for(lambda: not psutil.pid_exists(first.pid), timeout=10)
     client.start(wait=10)
     second = client.stats().sender
     assert second.pid != first.pid and second.dropped == {"expired": 1}
     assert second.uploaded == 1
+
+
+def test_a_backfilled_timestamp_never_expires_the_event(client_factory, collector: Collector) -> None:
+    """An event whose own timestamp is years old (a backfill) is delivered with that
+    timestamp: its age counts from when track() wrote it, not from its timestamp."""
+    client = client_factory(max_event_age=60.0)
+    years_ago = time.time() - 5 * 365 * 86400
+    client.track("backfilled", user_id="u", timestamp=years_ago)
+    client.track("backfilled-dt", user_id="u",
+                 timestamp=dt.datetime.fromtimestamp(years_ago - 86400, dt.timezone.utc))
+    assert client.flush(timeout=20)
+    events = collector.events()
+    assert [e["event"] for e in events] == ["backfilled", "backfilled-dt"]
+    assert events[0]["timestamp"] == format_timestamp(years_ago)
+    assert events[1]["timestamp"] == format_timestamp(years_ago - 86400)
+    assert (client.stats().sender or _NO_DROPS).dropped == {}
+
+
+class _NoDrops:
+    dropped: dict[str, int] = {}
+
+
+_NO_DROPS = _NoDrops()
 
 
 # --- a full or unusable disk ------------------------------------------------------------------

@@ -146,3 +146,12 @@ def test_unpack_without_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(_events, "_fast_unpackb", None)
     payload = _events._pack_msgpack({"t": "track", "p": {"a": [1, 2], "k": {(1, 2): "x"}}})
     assert _events.unpack(payload) == {"t": "track", "p": {"a": (1, 2), "k": {(1, 2): "x"}}}
+
+
+def test_an_event_ages_from_when_it_was_written_not_from_its_timestamp() -> None:
+    """written_at: "w" when the record has a timestamp of its own, else "ts", else the default."""
+    assert _events.written_at({"ts": 100.0}, 5.0) == 100.0
+    assert _events.written_at({"ts": 100.0, "w": 2e9}, 5.0) == 2e9
+    assert _events.written_at({"ts": "2001-01-01T00:00:00Z"}, 5.0) == 5.0
+    assert _events.written_at({}, 5.0) == 5.0
+
