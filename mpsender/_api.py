@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 CONFIG_ENV = "MPSENDER_CLIENT_CONFIG"
 
 _client: Client | None = None
-_lock = threading.Lock()
+_lock = threading.RLock()  # re-entrant: a signal handler may call init() or track() inside init()
 
 
 def init(*, write_key: str | None = None, endpoint: str | None = None, **options: Any) -> Client:

@@ -14,10 +14,20 @@ out for an event when the disk refuses the write.
 
 Nothing here runs a thread or holds a lock across calls. The hot path is
 ``write()``: one ``os.write`` and two memory reads.
+
+Signals and locks: applications call ``track()``, ``flush()``, ``shutdown()`` and
+``stats()`` from signal handlers (a SIGTERM handler that flushes), and such a handler
+runs in the thread it interrupted, perhaps in the middle of one of these calls. So the
+two locks here are :class:`_HandlerSafeLock`: held only for a few statements, never
+across a wait (a sender start, a connect wait, a reply), and never waited for by a
+handler that interrupted their holder. A handler that finds one taken in its own thread
+takes a lock-free path instead: its event goes to a write-ahead file of its own, its
+flush or stats request over a connection of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import itertools
@@ -29,6 +39,7 @@ import socket
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -36,6 +47,7 @@ import msgpack
 from . import _spawn
 from ._framing import HEADER
 from ._framing import crc32 as _crc32
+from ._exceptions import ConfigurationError
 from ._options import Options
 from ._paths import Paths
 from ._protocol import FLUSH, HELLO, MAX_CONTROL, REPLY, STATS, STOP, WAKE_FRAME
@@ -64,6 +76,39 @@ _MSG_DONTWAIT = socket.MSG_DONTWAIT
 
 _channels: weakref.WeakSet[Channel] = weakref.WeakSet()
 
+#: ``_open_wal``: the lock is held by the code a signal handler interrupted
+_BUSY = -2
+
+
+class _HandlerSafeLock:
+    """A lock that a signal handler never waits for in the thread that holds it.
+
+    ``acquire()`` returns False, at once, when the calling thread holds the lock or is
+    about to take it (a signal handler that interrupted that thread): the caller then
+    does without it. Other threads wait as for any lock, which is short: its holders
+    never wait for anything while they hold it.
+    """
+
+    __slots__ = ("_here", "_lock")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._here = threading.local()
+
+    def acquire(self, *, blocking: bool = True) -> bool:
+        here = self._here
+        if getattr(here, "held", False):
+            return False  # re-entered from a signal handler in this thread
+        here.held = True  # before taking it: a handler that runs in between sees it
+        if self._lock.acquire(blocking):
+            return True
+        here.held = False
+        return False
+
+    def release(self) -> None:
+        self._lock.release()
+        self._here.held = False
+
 
 def _after_fork_in_child() -> None:
     for channel in list(_channels):
@@ -81,8 +126,8 @@ class Channel:
         self._paths = paths
         self._journal = options.journal
         self._bell: mmap.mmap | None = None
-        self._setup_lock = threading.Lock()  # only around opening files and connecting
-        self._control_lock = threading.Lock()  # one flush/stats round trip at a time
+        self._setup_lock = _HandlerSafeLock()  # a few statements: files and socket change
+        self._control_lock = _HandlerSafeLock()  # the shared connection's round trip
         self._init_state()
         _channels.add(self)
 
@@ -128,8 +173,8 @@ class Channel:
                 os.close(self._sock.detach())  # the child's copy only; the parent keeps its own
             except OSError:
                 pass  # already closed: nothing to let go of
-        self._setup_lock = threading.Lock()
-        self._control_lock = threading.Lock()
+        self._setup_lock = _HandlerSafeLock()
+        self._control_lock = _HandlerSafeLock()
         self._init_state()
 
     # --- hot path -------------------------------------------------------------------
@@ -151,7 +196,7 @@ class Channel:
         except BlockingIOError:
             return False  # the sender is behind: spill to the file
         except OSError:
-            self._drop_socket()
+            self._drop_socket(sock)
             return False
         self.handed += 1
         return True
@@ -168,20 +213,26 @@ class Channel:
                 written = -1
                 self._wal_failed(fd, exc)
             if written == len(data):
-                if self._sock is not None and self._journal:
-                    self.handed += 1
-                else:
-                    self.spilled += 1
-                bell = self._bell
-                if bell is not None and bell[0]:
-                    self._ring()
+                self._written()
                 self._wal_size += written
                 if self._wal_size >= ROTATE_BYTES:
                     self._retire(fd, now)
                 return
             if written >= 0:
                 self._wal_failed(fd, OSError(errno.ENOSPC, "short write"))
+        elif fd == _BUSY and self._write_aside(data):
+            self._written()
+            return
         self._fallback(payload)
+
+    def _written(self) -> None:
+        if self._sock is not None and self._journal:
+            self.handed += 1
+        else:
+            self.spilled += 1
+        bell = self._bell
+        if bell is not None and bell[0]:
+            self._ring()
 
     def _ring(self) -> None:
         bell, sock = self._bell, self._sock
@@ -196,27 +247,21 @@ class Channel:
     # --- write-ahead file -------------------------------------------------------------
 
     def _open_wal(self, now: float) -> int:
-        with self._setup_lock:
+        """The file to append to: opened now if need be. -1 when the spool refuses it;
+        ``_BUSY`` when a signal handler interrupted this thread while it held the lock."""
+        if not self._setup_lock.acquire():
+            return _BUSY
+        try:
             if self._fd >= 0:
                 return self._fd
             if now < self._wal_retry_at:
                 return -1
-            spool = self._paths.spool
-            name = f"{self.pid}-{self._tag}-{next(self._file_no)}.wal"
-            tmp = os.path.join(spool, f".{name}.tmp")
+            name = self._new_wal_name()
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                try:
-                    # Held while this process may write; the sender deletes a file only
-                    # when it can take the lock and has committed everything in it.
-                    fcntl.flock(fd, fcntl.LOCK_SH)
-                    os.rename(tmp, os.path.join(spool, name))
-                except OSError:
-                    os.close(fd)
-                    raise
+                fd = self._create(name, lambda fd: fcntl.flock(fd, fcntl.LOCK_SH))
             except OSError as exc:
                 self._wal_retry_at = now + CHECK_INTERVAL
-                self._warn_once("wal", "cannot write to the spool %s (%s); sending over the socket", spool, exc)
+                self._spool_unusable(exc)
                 return -1
             self._fd = fd
             self._wal_name = name
@@ -225,9 +270,62 @@ class Channel:
             if self._sock is not None:
                 self._hello(self._sock)
             return fd
+        finally:
+            self._setup_lock.release()
+
+    def _new_wal_name(self) -> str:
+        return f"{self.pid}-{self._tag}-{next(self._file_no)}.wal"
+
+    def _create(self, name: str, prepare: Callable[[int], object]) -> int:
+        """Create spool file ``name`` through a hidden temporary name: the sender sees it
+        only once ``prepare(fd)`` has run (it deletes a file whose writer holds no lock)."""
+        spool = self._paths.spool
+        tmp = os.path.join(spool, f".{name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            prepare(fd)
+            os.rename(tmp, os.path.join(spool, name))
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        return fd
+
+    def _write_aside(self, data: bytes) -> bool:
+        """Lock-free: one record in a write-ahead file of its own, complete before the
+        sender can see it. For a signal handler that interrupted this thread while it
+        was opening or rotating its file."""
+        name = self._new_wal_name()
+
+        def write_all(fd: int) -> None:
+            if os.write(fd, data) != len(data):
+                raise OSError(errno.ENOSPC, "short write")
+
+        try:
+            os.close(self._create(name, write_all))
+        except OSError as exc:
+            self._spool_unusable(exc)
+            return False
+        self._files[name] = len(data)  # finished: a flush waits for it like a rotated file
+        sock = self._sock
+        if sock is not None:
+            self._hello(sock)
+        return True
+
+    def _spool_unusable(self, exc: OSError) -> None:
+        """The spool refused a file: if its directory went away (a /tmp cleaner), make it
+        again for the next try."""
+        if exc.errno == errno.ENOENT:
+            with contextlib.suppress(ConfigurationError):
+                self._paths.ensure()
+        self._warn_once("wal", "cannot write to the spool %s (%s); sending over the socket",
+                        self._paths.spool, exc)
 
     def _retire(self, fd: int, now: float) -> None:
-        with self._setup_lock:
+        if not self._setup_lock.acquire():
+            return  # a signal handler in this thread: a later write rotates
+        try:
             if self._fd != fd:
                 return
             try:
@@ -236,6 +334,8 @@ class Channel:
                 self._files[self._wal_name] = self._wal_size
             self._retired.append((fd, now))
             self._fd = -1
+        finally:
+            self._setup_lock.release()
 
     def _wal_failed(self, fd: int, exc: OSError) -> None:
         self._warn_once("wal-write", "writing the spool file failed (%s); sending over the socket", exc)
@@ -270,10 +370,16 @@ class Channel:
     # --- the sender -----------------------------------------------------------------
 
     def check(self, now: float) -> None:
-        """Once a second from track(): is the sender alive? start one if none is."""
+        """Once a second from track(): is the sender alive? start one if none is.
+        Starting one does not wait for it to listen."""
         self._next_check = now + CHECK_INTERVAL
-        if self._retired:
-            self._close_retired(now)
+        if not self._setup_lock.acquire():
+            return  # a signal handler in this thread: the next check does it
+        try:
+            if self._retired:
+                self._close_retired(now)
+        finally:
+            self._setup_lock.release()
         _spawn.reap()
         if self._sock is not None and not self._alive():
             logger.info("the sender went away; looking for a new one")
@@ -291,45 +397,67 @@ class Channel:
             return True  # nothing to read, not closed
         except OSError:
             pass
-        self._drop_socket()
+        self._drop_socket(sock)
         return False
 
     def connect(self, *, wait: float, spawn: bool = True) -> bool:
         """Connect, starting a sender if none runs (unless ``spawn`` is False). With
-        ``wait``, block up to that long."""
-        with self._setup_lock:
-            if self._alive():
+        ``wait``, block up to that long.
+
+        Holds no lock that ``track()`` takes while it starts a sender or waits for one:
+        threads that track meanwhile write to their file, and the sender reads it once
+        it runs. Two threads (or processes) starting at once are kept apart by the
+        sender's file lock, not by a lock here.
+        """
+        if self._alive() or self._try_connect():
+            return True
+        if not spawn:
+            return False
+        deadline = time.monotonic() + wait
+        if wait > 0 or time.time() >= self._next_spawn:
+            if self._try_spawn(wait) and self._try_connect():
                 return True
+        # Someone else is starting it (or one is draining to exit): wait for it.
+        delay = 0.005
+        while time.monotonic() < deadline:
+            time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.1)
             if self._try_connect():
                 return True
-            if not spawn:
-                return False
-            deadline = time.monotonic() + wait
-            if wait > 0 or time.time() >= self._next_spawn:
-                started = self._try_spawn(wait)
-                if started and self._try_connect():
-                    return True
-            # Someone else is starting it (or one is draining to exit): wait for it.
-            delay = 0.005
-            while time.monotonic() < deadline:
-                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
-                delay = min(delay * 2, 0.1)
-                if self._try_connect():
-                    return True
-                if self._try_spawn(deadline - time.monotonic()) and self._try_connect():
-                    return True
-            return False
+            if self._try_spawn(deadline - time.monotonic()) and self._try_connect():
+                return True
+        return False
 
-    def _try_connect(self) -> bool:
+    def _open_socket(self) -> socket.socket | None:
+        """A new connection to the sender, or None if none listens."""
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
         sock.setblocking(False)
         try:
             sock.connect(str(self._paths.socket))
-            self._hello(sock)
         except OSError:
             sock.close()
+            return None
+        return sock
+
+    def _try_connect(self) -> bool:
+        sock = self._open_socket()
+        if sock is None:
             return False
-        self._sock = sock
+        if not self._setup_lock.acquire():
+            sock.close()  # a signal handler in this thread: keep the connection it interrupted
+            return False
+        try:
+            if self._sock is not None:
+                sock.close()  # another thread connected meanwhile: one connection per process
+                return True
+            try:
+                self._hello(sock)
+            except OSError:
+                sock.close()
+                return False
+            self._sock = sock
+        finally:
+            self._setup_lock.release()
         self._spawns = 0
         self._next_spawn = 0.0
         if self._bell is None:
@@ -340,6 +468,9 @@ class Channel:
         try:
             lock_fd = os.open(self._paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
+            if exc.errno == errno.ENOENT:
+                with contextlib.suppress(ConfigurationError):
+                    self._paths.ensure()  # the runtime directory was deleted: the next try has it
             self._warn_once("lock", "cannot open %s: %s", self._paths.lock, exc)
             return False
         try:
@@ -364,17 +495,25 @@ class Channel:
         except BlockingIOError:
             pass  # the socket is full: the sender finds the file by scanning the spool
 
-    def _drop_socket(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            sock.close()
+    def _drop_socket(self, sock: socket.socket) -> None:
+        """Forget ``sock`` if it is still our connection (another thread may have made a
+        new one since), and close it."""
+        if self._sock is sock:
+            self._sock = None
+        sock.close()
 
     # --- requests ---------------------------------------------------------------------
 
     def request(self, kind: int, args: list[Any], timeout: float, *, spawn: bool = True) -> Any:
-        """One control round trip; None when no answer came within ``timeout``."""
+        """One control round trip; None when no answer came within ``timeout``.
+
+        Over the shared connection when it is free; when another call holds it (another
+        thread, or the call a signal handler interrupted), over a connection of its own,
+        so that no request waits for another's deadline."""
         deadline = time.monotonic() + max(timeout, 0.0)
-        with self._control_lock:
+        if not self._control_lock.acquire(blocking=False):
+            return self._request_alone(kind, args, deadline, spawn=spawn)
+        try:
             while True:
                 remaining = deadline - time.monotonic()
                 if not self.connect(wait=max(remaining, 0.0), spawn=spawn):
@@ -382,20 +521,44 @@ class Channel:
                 sock = self._sock
                 if sock is None:
                     continue
-                req = next(self._req)
-                try:
-                    sock.send(msgpack.packb([kind, req, *args]), _MSG_DONTWAIT)
-                except BlockingIOError:
-                    if not _wait_fd(sock, select.POLLOUT, deadline):
-                        return None
-                    continue
-                except OSError:
-                    self._drop_socket()
-                    continue
-                answer = self._await_reply(sock, req, deadline)
+                answer = self._round_trip(sock, kind, args, deadline)
                 if answer is not _GONE:
                     return answer
-                self._drop_socket()  # the sender died while we waited: ask the next one
+                self._drop_socket(sock)  # the sender died while we waited: ask the next one
+        finally:
+            self._control_lock.release()
+
+    def _request_alone(self, kind: int, args: list[Any], deadline: float, *, spawn: bool) -> Any:
+        while True:
+            sock = self._open_socket()
+            if sock is None:
+                if not spawn or deadline - time.monotonic() <= 0:
+                    return None
+                if not self.connect(wait=deadline - time.monotonic()):
+                    return None
+                continue
+            try:
+                answer = self._round_trip(sock, kind, args, deadline)
+            finally:
+                sock.close()
+            if answer is not _GONE:
+                return answer
+
+    def _round_trip(self, sock: socket.socket, kind: int, args: list[Any], deadline: float) -> Any:
+        """Send one request on ``sock`` and wait for its answer: the answer, None when
+        ``deadline`` passed, ``_GONE`` when the sender went away."""
+        req = next(self._req)
+        data = msgpack.packb([kind, req, *args])
+        while True:
+            try:
+                sock.send(data, _MSG_DONTWAIT)
+                break
+            except BlockingIOError:
+                if not _wait_fd(sock, select.POLLOUT, deadline):
+                    return None
+            except OSError:
+                return _GONE
+        return self._await_reply(sock, req, deadline)
 
     def _await_reply(self, sock: socket.socket, req: int, deadline: float) -> Any:
         while True:
@@ -451,9 +614,13 @@ class Channel:
     def stop_sender(self, timeout: float) -> bool:
         return self.request(STOP, [], timeout, spawn=False) is True
 
-    def close(self) -> None:
-        """Let go of the file (so the sender may delete it once delivered) and the socket."""
-        with self._setup_lock:
+    def close(self) -> bool:
+        """Let go of the file (so the sender may delete it once delivered) and the socket.
+        False when it cannot now: a signal handler interrupted this thread while it held
+        them (they are let go of at exit, or by a later close)."""
+        if not self._setup_lock.acquire():
+            return False
+        try:
             if self._fd >= 0:
                 try:
                     self._files[self._wal_name] = os.fstat(self._fd).st_size
@@ -462,7 +629,12 @@ class Channel:
                 self._retired.append((self._fd, 0.0))
                 self._fd = -1
             self._close_retired(0.0, everything=True)
-            self._drop_socket()
+            sock, self._sock = self._sock, None
+            if sock is not None:
+                sock.close()
+        finally:
+            self._setup_lock.release()
+        return True
 
     # --- helpers -----------------------------------------------------------------------
 

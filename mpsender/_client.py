@@ -101,12 +101,13 @@ class Client:
 
     def shutdown(self, timeout: float = 5.0) -> bool:
         """Flush, then close this process's file and connection. Idempotent; a later
-        call to track() opens them again."""
+        call to track() opens them again. False when the flush timed out, or when a
+        signal handler calls it while the code it interrupted holds the file: then
+        nothing is closed (the events are flushed all the same)."""
         if self._off:
             return True
         ok = self.flush(timeout)
-        self._channel.close()
-        return ok
+        return self._channel.close() and ok
 
     close = shutdown
 

@@ -95,15 +95,16 @@ def pack(record: dict[str, Any]) -> bytes:
 
 
 def _pack_msgpack(record: dict[str, Any]) -> bytes:
-    try:
-        packer = _local.packer
-    except AttributeError:
-        packer = _local.packer = msgpack.Packer(default=convert, use_bin_type=True, datetime=False)
-    try:
-        return packer.pack(record)  # type: ignore[no-any-return]
-    except BaseException:
-        del _local.packer  # never reuse a packer an error interrupted
-        raise
+    # The thread's packer is taken out while it packs and put back after: a signal
+    # handler that tracks while ``convert`` runs (the only Python code inside ``pack``)
+    # finds none and uses a packer of its own, instead of writing into the middle of
+    # the interrupted record. A packer an error interrupted is never put back.
+    packer = _local.__dict__.pop("packer", None)
+    if packer is None:
+        packer = msgpack.Packer(default=convert, use_bin_type=True, datetime=False)
+    data: bytes = packer.pack(record)
+    _local.packer = packer
+    return data
 
 
 def unpack(payload: bytes) -> Any:

@@ -211,8 +211,8 @@ class _CaptureChannel:
     def connect(self, *, wait: float) -> bool:
         return True
 
-    def close(self) -> None:
-        pass  # nothing was opened
+    def close(self) -> bool:
+        return True  # nothing was opened
 
     def sender_stats(self, timeout: float) -> dict[str, Any] | None:
         return None  # there is no sender
