@@ -213,7 +213,14 @@ class Channel:
                 written = -1
                 self._wal_failed(fd, exc)
             if written == len(data):
-                self._written()
+                # _written(), inline: this is the hot path
+                if self._sock is not None and self._journal:
+                    self.handed += 1
+                else:
+                    self.spilled += 1
+                bell = self._bell
+                if bell is not None and bell[0]:
+                    self._ring()
                 self._wal_size += written
                 if self._wal_size >= ROTATE_BYTES:
                     self._retire(fd, now)
@@ -261,7 +268,8 @@ class Channel:
                 fd = self._create(name, lambda fd: fcntl.flock(fd, fcntl.LOCK_SH))
             except OSError as exc:
                 self._wal_retry_at = now + CHECK_INTERVAL
-                self._spool_unusable(exc)
+                self._warn_once("wal", "cannot write to the spool %s (%s); sending over the socket",
+                                self._paths.spool, exc)
                 return -1
             self._fd = fd
             self._wal_name = name
@@ -278,7 +286,18 @@ class Channel:
 
     def _create(self, name: str, prepare: Callable[[int], object]) -> int:
         """Create spool file ``name`` through a hidden temporary name: the sender sees it
-        only once ``prepare(fd)`` has run (it deletes a file whose writer holds no lock)."""
+        only once ``prepare(fd)`` has run (it deletes a file whose writer holds no lock).
+        If the spool directory went away (a /tmp cleaner), it is made again first."""
+        try:
+            return self._create_once(name, prepare)
+        except FileNotFoundError:
+            try:
+                self._paths.ensure()
+            except ConfigurationError as exc:
+                raise FileNotFoundError(errno.ENOENT, str(exc)) from None
+            return self._create_once(name, prepare)
+
+    def _create_once(self, name: str, prepare: Callable[[int], object]) -> int:
         spool = self._paths.spool
         tmp = os.path.join(spool, f".{name}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -305,22 +324,14 @@ class Channel:
         try:
             os.close(self._create(name, write_all))
         except OSError as exc:
-            self._spool_unusable(exc)
+            self._warn_once("wal", "cannot write to the spool %s (%s); sending over the socket",
+                            self._paths.spool, exc)
             return False
         self._files[name] = len(data)  # finished: a flush waits for it like a rotated file
         sock = self._sock
         if sock is not None:
             self._hello(sock)
         return True
-
-    def _spool_unusable(self, exc: OSError) -> None:
-        """The spool refused a file: if its directory went away (a /tmp cleaner), make it
-        again for the next try."""
-        if exc.errno == errno.ENOENT:
-            with contextlib.suppress(ConfigurationError):
-                self._paths.ensure()
-        self._warn_once("wal", "cannot write to the spool %s (%s); sending over the socket",
-                        self._paths.spool, exc)
 
     def _retire(self, fd: int, now: float) -> None:
         if not self._setup_lock.acquire():

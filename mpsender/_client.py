@@ -22,7 +22,7 @@ from ._events import (
 )
 from ._exceptions import EventTooLargeError, EventTypeError, InvalidEventError, MpsenderError
 from ._options import Options, resolve_options
-from ._paths import paths_for
+from ._paths import prepare_paths
 from ._stats import ProcessStats, SenderStats, Stats
 
 logger = logging.getLogger(__name__)
@@ -76,8 +76,7 @@ class Client:
         self._id_pid = -1
         if self._off:
             return
-        self.paths = paths_for(options)
-        self.paths.ensure()
+        self.paths = prepare_paths(options)
         self._channel = Channel(options, self.paths)
 
     # --- lifecycle -------------------------------------------------------------------

@@ -8,8 +8,11 @@ directory, so a gunicorn master, a worker that only called ``init()`` in
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
+import socket
 import stat
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,10 +20,26 @@ from pathlib import Path
 from ._exceptions import ConfigurationError
 from ._options import Options
 
-__all__ = ["Paths", "destination_id", "ensure_private_dir", "paths_for"]
+logger = logging.getLogger(__name__)
 
-# sun_path is 108 bytes on Linux, including the terminating NUL.
-_MAX_SOCKET_PATH = 107
+__all__ = [
+    "MAX_SOCKET_PATH",
+    "Paths",
+    "destination_id",
+    "ensure_private_dir",
+    "paths_for",
+    "prepare_paths",
+    "resolve_runtime_dir",
+    "runtime_dir_candidates",
+]
+
+#: the longest socket path bind() takes: sun_path less its terminating NUL (108 bytes on
+#: Linux, 104 on macOS and the BSDs)
+MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
+#: what a runtime directory's socket path adds to it: "/<destination id>/sender.sock"
+_SOCKET_TAIL = len("/0123456789abcdef/sender.sock")
+
+_warned_fallback = False
 
 
 def destination_id(options: Options) -> str:
@@ -37,7 +56,82 @@ def destination_id(options: Options) -> str:
 
 
 def default_runtime_dir() -> str:
-    return os.path.join(tempfile.gettempdir(), f"mpsender-{os.getuid()}")
+    """Where the user's senders live when nothing says otherwise: ``<tmp>/mpsender-<uid>``."""
+    return runtime_dir_candidates()[0]
+
+
+def runtime_dir_candidates() -> list[str]:
+    """The places a runtime directory may be, in the order every process of the user
+    tries them: the temporary directory first (where every earlier version looked),
+    then ``$XDG_RUNTIME_DIR`` (private to the user: nobody else can take it), then the
+    conventional temporary directories by their short names, then the home directory."""
+    uid = os.getuid()
+    mine = f"mpsender-{uid}"
+    out = []
+    try:
+        out.append(os.path.join(tempfile.gettempdir(), mine))
+    except (OSError, FileNotFoundError):
+        pass  # no temporary directory is writable: the others below may be
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if os.path.isabs(xdg):
+        out.append(os.path.join(xdg, "mpsender"))
+    out += [os.path.join(tmp, mine) for tmp in ("/tmp", "/var/tmp", "/dev/shm")]
+    home = os.path.expanduser("~")
+    if os.path.isabs(home):
+        out.append(os.path.join(home, ".cache", "mpsender", socket_host()))
+    return list(dict.fromkeys(os.path.abspath(p) for p in out))
+
+
+def socket_host() -> str:
+    """This host's name, as a directory name: a home directory may be shared between
+    hosts (NFS), a runtime directory never."""
+    name = socket.gethostname() or "localhost"
+    return name.replace(os.sep, "_")
+
+
+def resolve_runtime_dir(configured: str | None, *, candidates: list[str] | None = None,
+                        warn: bool = True) -> str:
+    """The runtime directory to use: ``configured`` as it is (``runtime_dir``,
+    ``MPSENDER_RUNTIME_DIR``), else the first usable of ``candidates`` (default:
+    :func:`runtime_dir_candidates`), made if need be.
+
+    Every process of the user with the same environment comes to the same answer, so
+    they still meet one sender when the default place is taken by another user, is
+    not a directory, cannot be written, or is too long for a socket path (a long
+    ``TMPDIR``). Moving on from the default is logged once per process. Raises
+    ConfigurationError, naming ``MPSENDER_RUNTIME_DIR`` and what was wrong with each
+    place, when none can be used.
+    """
+    global _warned_fallback
+    if configured:
+        return os.path.abspath(configured)
+    tried = runtime_dir_candidates() if candidates is None else candidates
+    problems = []
+    for place in tried:
+        problem = _unusable(place)
+        if problem is None:
+            if problems and warn and not _warned_fallback:
+                _warned_fallback = True
+                logger.warning("the runtime directory %s; using %s instead (set MPSENDER_RUNTIME_DIR "
+                               "to choose one)", "; ".join(problems), place)
+            return place
+        problems.append(f"{place} {problem}")
+    raise ConfigurationError(
+        "no usable runtime directory for mpsender's sender: "
+        + "; ".join(problems or ["no place to try"])
+        + ". Set MPSENDER_RUNTIME_DIR (or runtime_dir=) to a private directory with a short path"
+    )
+
+
+def _unusable(place: str) -> str | None:
+    """Why ``place`` cannot be a runtime directory (making it if need be), or None."""
+    if len(os.fsencode(place)) + _SOCKET_TAIL > MAX_SOCKET_PATH:
+        return f"is too long: a socket path in it would pass {MAX_SOCKET_PATH} bytes"
+    try:
+        ensure_private_dir(Path(place))
+    except ConfigurationError as exc:
+        return f"cannot be used ({exc})"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,21 +154,30 @@ class Paths:
             ensure_private_dir(path)
 
 
-def paths_for(options: Options) -> Paths:
-    base = Path(options.runtime_dir or default_runtime_dir())
-    dest = base / destination_id(options)
+def paths_for(options: Options, *, base: str | None = None) -> Paths:
+    """The files of ``options``' destination under the runtime directory ``base``
+    (default: ``options.runtime_dir`` as given, else the default place, unresolved)."""
+    root = Path(base or options.runtime_dir or default_runtime_dir())
+    dest = root / destination_id(options)
     spool = Path(options.spool_dir) / destination_id(options) if options.spool_dir else dest / "spool"
-    p = Paths(
-        base=base, dest=dest, socket=dest / "sender.sock", lock=dest / "sender.lock",
+    return Paths(
+        base=root, dest=dest, socket=dest / "sender.sock", lock=dest / "sender.lock",
         doorbell=dest / "doorbell", log=dest / "sender.log", info=dest / "sender.json",
         client_config=dest / "client.msgpack", spool=spool,
     )
-    if len(os.fsencode(p.socket)) > _MAX_SOCKET_PATH:
+
+
+def prepare_paths(options: Options) -> Paths:
+    """The files of ``options``' destination, their directories made and checked: what
+    ``init()`` does. Raises ConfigurationError naming the path and why."""
+    paths = paths_for(options, base=resolve_runtime_dir(options.runtime_dir))
+    paths.ensure()
+    if len(os.fsencode(paths.socket)) > MAX_SOCKET_PATH:
         raise ConfigurationError(
-            f"runtime_dir {str(base)!r} is too long: the socket path {str(p.socket)!r} must fit "
-            f"in {_MAX_SOCKET_PATH} bytes; choose a shorter runtime_dir"
+            f"runtime_dir {str(paths.base)!r} is too long: the socket path {str(paths.socket)!r} must "
+            f"fit in {MAX_SOCKET_PATH} bytes; choose a shorter runtime_dir (MPSENDER_RUNTIME_DIR)"
         )
-    return p
+    return paths
 
 
 def ensure_private_dir(path: Path) -> None:

@@ -10,7 +10,7 @@ from typing import TextIO
 
 from .._exceptions import ConfigurationError
 from .._options import resolve_options
-from .._paths import default_runtime_dir
+from .._paths import default_runtime_dir, resolve_runtime_dir
 
 #: exit codes (documented in docs/cli.md)
 EXIT_OK = 0
@@ -28,7 +28,8 @@ class CliError(Exception):
 
 
 def runtime_dir(given: str | None) -> str:
-    """``--runtime-dir``, else ``MPSENDER_RUNTIME_DIR``, else ``<tmp>/mpsender-<uid>``."""
+    """``--runtime-dir``, else ``MPSENDER_RUNTIME_DIR``, else the place ``init()`` uses:
+    ``<tmp>/mpsender-<uid>``, or the fallback every process of the user agrees on."""
     if given:
         return os.path.abspath(given)
     try:
@@ -36,7 +37,10 @@ def runtime_dir(given: str | None) -> str:
         configured = resolve_options({"disabled": True}).runtime_dir
     except ConfigurationError:
         configured = None
-    return os.path.abspath(configured or default_runtime_dir())
+    try:
+        return resolve_runtime_dir(configured, warn=False)  # where init() would put it
+    except ConfigurationError:
+        return os.path.abspath(configured or default_runtime_dir())
 
 
 # --- formatting ----------------------------------------------------------------------------

@@ -78,10 +78,7 @@ class Destination:
             return Path(str(self.info["spool"]))
         opts = self.options(quiet=True)
         if opts is not None:
-            try:
-                return paths_for(opts).spool
-            except ValueError:
-                pass  # a path too long for a socket: the default place below is all we know
+            return paths_for(opts).spool
         return self.dir / "spool"
 
 

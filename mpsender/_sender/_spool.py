@@ -181,6 +181,10 @@ class Spool:
         self.mem_committed = 0
         self.mem_bytes = 0
         self._commits: dict[str, int] = {}
+        #: the spool directory this sender owns: one made again under the same name (the
+        #: old one deleted by a /tmp cleaner) belongs to the sender started for it
+        self._dir_id = _identity(directory)
+        self._dir_replaced = False
         self._load_commits()
         self._commit_fd = os.open(os.path.join(directory, _COMMITS),
                                   os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
@@ -236,6 +240,13 @@ class Spool:
 
     def discover(self) -> int:
         """Pick up write-ahead files we do not know yet. Returns how many were added."""
+        if self._dir_replaced:
+            return 0
+        if _identity(self.dir) != self._dir_id:
+            self._dir_replaced = True
+            logger.warning("the spool %s was deleted and made again: its new files are left to the "
+                           "sender started for it; this one finishes the files it has", self.dir)
+            return 0
         try:
             names = [e.name for e in os.scandir(self.dir) if e.name.endswith(".wal")]
         except OSError as exc:
@@ -256,7 +267,7 @@ class Spool:
     def _add_noted(self) -> None:
         while self._noted:
             name = self._noted.popleft()
-            if name not in self.files:
+            if name not in self.files and not self._dir_replaced:
                 self._add(name)
 
     def _add(self, name: str) -> bool:
@@ -497,6 +508,14 @@ class Spool:
             os.close(self._commit_fd)
         except OSError:
             pass  # as above
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _mtime(wf: WalFile) -> float:

@@ -153,6 +153,20 @@ def test_auth_failure_pauses_and_keeps_the_data(client_factory, collector: Colle
     assert len(_unique(collector)) == 20
 
 
+def test_a_batch_stored_but_answered_too_late_is_sent_again(client_factory, collector: Collector) -> None:
+    """An endpoint that stores a batch but answers after request_timeout receives it
+    again (at least once, as the README says), with the same messageIds to dedupe on."""
+    collector.set_faults(Faults(delay=0.6))
+    client = client_factory(request_timeout=0.2, **FAST_RETRY)
+    for i in range(3):
+        client.track("slow", user_id="u", properties={"i": i})
+    assert wait_for(lambda: len(collector.message_ids()) >= 6, timeout=20)
+    collector.set_faults(Faults())
+    assert client.flush(timeout=20)
+    ids = collector.message_ids()
+    assert len(set(ids)) == 3 and all(ids.count(m) >= 2 for m in set(ids))
+
+
 # --- a hanging endpoint --------------------------------------------------------------------
 
 def test_hanging_endpoint_never_slows_the_app_and_the_sender_meets_its_deadline(

@@ -1,12 +1,20 @@
 """Options: explicit arguments over MPSENDER_* over defaults; bad values named."""
 
 import logging
+import os
+from pathlib import Path
 
 import pytest
 
 from mpsender import ConfigurationError
 from mpsender._options import Options, env_disabled, resolve_options
-from mpsender._paths import destination_id, paths_for
+from mpsender._paths import (
+    default_runtime_dir,
+    destination_id,
+    prepare_paths,
+    resolve_runtime_dir,
+    runtime_dir_candidates,
+)
 
 BASE = {"write_key": "k", "endpoint": "http://127.0.0.1:1"}
 
@@ -98,7 +106,42 @@ def test_destination_id_separates_destinations() -> None:
     assert destination_id(a) != destination_id(Options(**BASE, format="json"))
 
 
-def test_runtime_dir_too_long_for_a_socket_is_refused() -> None:
-    """A runtime_dir whose socket path would not fit in sun_path is named."""
-    with pytest.raises(ConfigurationError, match="too long"):
-        paths_for(Options(**BASE, runtime_dir="/tmp/" + "x" * 120))
+def test_runtime_dir_too_long_for_a_socket_is_refused(tmp_path: Path) -> None:
+    """A runtime_dir given explicitly whose socket path would not fit in sun_path is named."""
+    long_dir = tmp_path / ("x" * 120)
+    with pytest.raises(ConfigurationError, match="too long.*MPSENDER_RUNTIME_DIR"):
+        prepare_paths(Options(**BASE, runtime_dir=str(long_dir)))
+
+
+def test_the_first_usable_runtime_dir_is_taken_and_the_rest_left_alone(tmp_path: Path) -> None:
+    """Places that are too long, not directories or not ours are passed over; the first
+    usable one is made (0700); the ones after it are not touched."""
+    squat = tmp_path / "squat"
+    squat.write_text("")
+    places = [str(tmp_path / ("x" * 120) / "rt"), str(squat), str(tmp_path / "ok"), str(tmp_path / "later")]
+    assert resolve_runtime_dir(None, candidates=places) == places[2]
+    assert (tmp_path / "ok").stat().st_mode & 0o777 == 0o700
+    assert not (tmp_path / "later").exists() and not (tmp_path / ("x" * 120)).exists()
+    assert resolve_runtime_dir(str(tmp_path / "given"), candidates=places) == str(tmp_path / "given")
+
+
+def test_no_usable_runtime_dir_names_every_place_and_the_variable(tmp_path: Path) -> None:
+    """When no place can be used, the error says why for each and names MPSENDER_RUNTIME_DIR."""
+    squat = tmp_path / "squat"
+    squat.write_text("")
+    places = [str(tmp_path / ("x" * 120)), str(squat / "rt")]
+    with pytest.raises(ConfigurationError) as info:
+        resolve_runtime_dir(None, candidates=places)
+    message = str(info.value)
+    assert "MPSENDER_RUNTIME_DIR" in message and "too long" in message and "Not a directory" in message
+
+
+def test_the_default_runtime_dir_comes_first_and_xdg_runtime_dir_next(monkeypatch: pytest.MonkeyPatch,
+                                                                    tmp_path: Path) -> None:
+    """Candidates: <tmp>/mpsender-<uid>, then $XDG_RUNTIME_DIR/mpsender, then short fixed places."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg"))
+    places = runtime_dir_candidates()
+    assert places[0] == default_runtime_dir()
+    assert places[0].endswith(f"mpsender-{os.getuid()}")
+    assert places[1] == str(tmp_path / "xdg" / "mpsender")
+    assert f"/tmp/mpsender-{os.getuid()}" in places
