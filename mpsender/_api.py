@@ -41,10 +41,9 @@ def init(*, write_key: str | None = None, endpoint: str | None = None, **options
         current = _client
         if current is not None and current.options == opts:
             return current
-        capture = getattr(current, "_capture", None)
-        if current is not None and capture is not None:
-            # inside mpsender.testing.capture(): take the options for the block, start nothing
-            capture.adopt(current, opts)
+        if current is not None and current._sink is not None and current._sink.survives_init:
+            # inside mpsender.testing.capture(): take the options, keep the sink, start nothing
+            current._configure(opts, current._sink)
             return current
         client = Client.from_options(opts)
         _client = client
@@ -161,8 +160,8 @@ def _reset_for_tests() -> None:
     """Forget the process's client (tests only)."""
     global _client
     client, _client = _client, None
-    if client is not None and not client.options.disabled:
-        client._channel.close()
+    if client is not None and client._sink is not None:
+        client._sink.close()
     os.environ.pop(CONFIG_ENV, None)
 
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import threading
 import time
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from ._channel import Channel
 from ._enrich import enrichment
 from ._events import (
+    MessageIds,
     error_properties,
     explain_unpackable,
     identity,
@@ -22,7 +22,8 @@ from ._events import (
 )
 from ._exceptions import EventTooLargeError, EventTypeError, InvalidEventError, MpsenderError
 from ._options import Options, resolve_options
-from ._paths import prepare_paths
+from ._paths import Paths, prepare_paths
+from ._sink import SenderSink, Sink
 from ._stats import ProcessStats, SenderStats, Stats
 
 logger = logging.getLogger(__name__)
@@ -31,6 +32,16 @@ __all__ = ["Client"]
 
 _time = time.time
 _getpid = os.getpid
+
+_clients: weakref.WeakSet[Client] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for client in list(_clients):
+        client._forked()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 #: short record keys -> the names a before_send hook sees (Segment's)
 _LONG = {
@@ -51,17 +62,21 @@ class Client:
     """
 
     def __init__(self, write_key: str | None = None, endpoint: str | None = None, **options: Any) -> None:
-        self._setup(resolve_options({"write_key": write_key, "endpoint": endpoint, **options}))
+        self._configure(resolve_options({"write_key": write_key, "endpoint": endpoint, **options}))
 
     @classmethod
-    def from_options(cls, options: Options) -> Client:
+    def from_options(cls, options: Options, sink: Sink | None = None) -> Client:
+        """A client for ``options`` (already resolved) whose records go to ``sink``."""
         client = cls.__new__(cls)
-        client._setup(options)
+        client._configure(options, sink)
         return client
 
-    def _setup(self, options: Options) -> None:
+    def _configure(self, options: Options, sink: Sink | None = None) -> None:
+        """Set the client up for ``options``, its records going to ``sink``: by default
+        the host's sender for its destination (its directories made here, or
+        ConfigurationError), none when ``options.disabled``. Every constructor, and
+        ``mpsender.testing.capture()``, comes here."""
         self.options = options
-        self._off = options.disabled
         self._rejected = 0
         self._tracked = 0
         self._hook_dropped = 0
@@ -72,57 +87,84 @@ class Client:
         self._context = dict(options.context)
         self._enrich = options.enrich
         self._context_needed = bool(self._context) or self._enrich
-        self._ids_lock = threading.Lock()
-        self._id_pid = -1
-        if self._off:
-            return
-        self.paths = prepare_paths(options)
-        self._channel = Channel(options, self.paths)
+        self._ids = MessageIds()
+        if sink is None and not options.disabled:
+            sink = SenderSink(options, prepare_paths(options))
+        self._sink: Sink | None = sink
+        self._off = sink is None
+        _clients.add(self)
+
+    def _use(self, options: Options, sink: Sink) -> Callable[[], None]:
+        """Send to ``sink`` with ``options`` (counters from zero) until the returned
+        function is called; it gives back the options, sink and counters the client had.
+        How ``mpsender.testing.capture()`` takes a client over."""
+        own_options, own_sink = self.options, self._sink
+        counts = (self._tracked, self._rejected, self._hook_dropped)
+        hook_failed = self._hook_failed
+        self._configure(options, sink)
+
+        def give_back() -> None:
+            self._configure(own_options, own_sink)
+            self._tracked, self._rejected, self._hook_dropped = counts
+            self._hook_failed = hook_failed
+
+        return give_back
+
+    @property
+    def paths(self) -> Paths:
+        """The files of this client's destination (runtime directory, spool, socket)."""
+        sink = self._sink
+        if not isinstance(sink, SenderSink):
+            raise AttributeError("this client sends to no sender: it is disabled or captured")
+        return sink.paths
+
+    def _forked(self) -> None:
+        """In a fork child: new message ids, and the sink lets go of the parent's files."""
+        self._ids.reset()
+        if self._sink is not None:
+            self._sink.after_fork()
 
     # --- lifecycle -------------------------------------------------------------------
 
     def start(self, wait: float | None = None) -> bool:
         """Connect to the host's sender, starting it if none runs; wait up to ``wait``
         seconds (default: the ``start_timeout`` option) for it to listen."""
-        if self._off:
+        if self._sink is None:
             return True
-        return self._channel.connect(wait=self.options.start_timeout if wait is None else wait)
+        return self._sink.start(self.options.start_timeout if wait is None else wait)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """True once the endpoint has accepted (2xx) every event this process tracked
         before the call, or the sender settled them for good (dropped events are counted
         in ``stats()``). False when ``timeout`` passes first. Never hangs."""
-        if self._off:
-            return True
-        if self._channel.nothing_sent():
-            return True
-        return self._channel.flush(timeout)
+        return True if self._sink is None else self._sink.flush(timeout)
 
     def shutdown(self, timeout: float = 5.0) -> bool:
         """Flush, then close this process's file and connection. Idempotent; a later
         call to track() opens them again. False when the flush timed out, or when a
         signal handler calls it while the code it interrupted holds the file: then
         nothing is closed (the events are flushed all the same)."""
-        if self._off:
+        if self._sink is None:
             return True
-        ok = self.flush(timeout)
-        return self._channel.close() and ok
+        ok = self._sink.flush(timeout)
+        return self._sink.close() and ok
 
     close = shutdown
 
     def stats(self, timeout: float = 1.0) -> Stats:
         """This process's counters and, if it answers within ``timeout``, the sender's."""
-        if self._off:
+        sink = self._sink
+        if sink is None:
             return Stats(ProcessStats(_getpid(), 0, 0, 0, 0, 0, {}), None)
-        ch = self._channel
-        dropped = dict(ch.dropped)
+        counts = sink.counters()
+        dropped = dict(counts.dropped)
         if self._hook_dropped:
             dropped["dropped_by_hook"] = self._hook_dropped
         process = ProcessStats(
-            pid=_getpid(), tracked=self._tracked, handed_to_sender=ch.handed, spilled=ch.spilled,
-            sent_over_socket=ch.fallback, rejected=self._rejected, dropped=dropped,
+            pid=_getpid(), tracked=self._tracked, handed_to_sender=counts.handed, spilled=counts.spilled,
+            sent_over_socket=counts.fallback, rejected=self._rejected, dropped=dropped,
         )
-        raw = ch.sender_stats(timeout)
+        raw = sink.sender_stats(timeout)
         return Stats(process, SenderStats.from_wire(raw) if raw else None)
 
     # --- calls -------------------------------------------------------------------------
@@ -252,11 +294,11 @@ class Client:
             rec["c"] = self._merge(context, self._base_context(), "context")
         if integrations is not None:
             rec["i"] = self._merge(integrations, None, "integrations")
-        ch = self._channel
-        if ch.pid != _getpid():
-            ch._init_state()  # a fork child: new id prefix, new file, new connection
+        ids = self._ids
+        if ids.pid != _getpid():
+            self._forked()  # a fork the at-fork hook did not see: new ids, new file
         if message_id is None:
-            rec["m"] = ch.prefix + next(ch.seq).to_bytes(8, "big")
+            rec["m"] = ids.prefix + next(ids.seq).to_bytes(8, "big")
         else:
             rec["m"] = self._check(require_name, message_id, "message_id")
         now = _time()
@@ -279,7 +321,7 @@ class Client:
             self._rejected += 1
             raise EventTooLargeError(len(payload), self._max)
         self._tracked += 1
-        ch.write(payload, now)
+        self._sink.write(payload, now)  # type: ignore[union-attr]  # None only when _off
 
     def _check(self, fn: Any, *args: Any) -> Any:
         try:

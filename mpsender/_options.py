@@ -64,11 +64,6 @@ class Options:
     max_event_age: float | None = 7 * 86400.0
     #: sender: undelivered data on disk above this is dropped oldest-first as "spool_full"
     max_spool_bytes: int = 512 * 1024 * 1024
-    #: app: write every event to this process's spool file first (True), or send it over
-    #: the socket and spill to the file only when the socket is full (False: not cheaper,
-    #: as measured in benchmarks/, and a SIGKILLed sender loses, uncounted, the events
-    #: waiting in its memory and sockets; kept to show what the journal is worth)
-    journal: bool = True
     #: sender: fsync the spool files this often (None: never; the page cache survives
     #: any process death, not a power cut)
     fsync_interval: float | None = 1.0
@@ -223,7 +218,6 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "max_event_age": _parse_optional_float,
     "max_spool_bytes": int,
     "fsync_interval": _parse_optional_float,
-    "journal": _parse_bool,
     "runtime_dir": str,
     "spool_dir": str,
     "gzip": _parse_bool,

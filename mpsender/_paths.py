@@ -106,7 +106,7 @@ def resolve_runtime_dir(configured: str | None, *, candidates: list[str] | None 
     if configured:
         return os.path.abspath(configured)
     tried = runtime_dir_candidates() if candidates is None else candidates
-    problems = []
+    problems: list[str] = []
     for place in tried:
         problem = _unusable(place)
         if problem is None:

@@ -1,7 +1,7 @@
 """Frames on the SEQPACKET connection between an application process and its sender.
 
-An application process writes events to its own write-ahead file (see ``_channel``);
-the connection carries everything else, one msgpack array per SEQPACKET message:
+An application process writes events to its own write-ahead file (see ``_wal``); the
+connection carries everything else, one msgpack array per SEQPACKET message:
 
 ====================================  =============================================
 app -> sender                          meaning
@@ -14,12 +14,26 @@ app -> sender                          meaning
 a msgpack map                          an event, sent here only when the disk refused it
 ====================================  =============================================
 
-The sender answers ``[REPLY, req, payload]``.
+The sender answers ``[REPLY, req, payload]``. :func:`connect` and :func:`request` are the
+one client of this protocol: the application side (``_link``) and the CLI both use them.
 """
 
 from __future__ import annotations
 
+import logging
+import select
+import socket
+import time
+from typing import Any
+
 import msgpack
+
+__all__ = [
+    "FLUSH", "HELLO", "MAX_CONTROL", "REPLY", "STATS", "STOP", "WAKE", "WAKE_FRAME",
+    "NoAnswer", "RequestFailed", "SenderGone", "connect", "request",
+]
+
+logger = logging.getLogger(__name__)
 
 HELLO = 1
 WAKE = 2
@@ -31,3 +45,72 @@ REPLY = 10
 WAKE_FRAME: bytes = msgpack.packb([WAKE])
 #: largest control frame either side sends (a flush listing many files stays far below)
 MAX_CONTROL = 1 << 20
+
+
+class RequestFailed(Exception):
+    """A control request got no answer."""
+
+
+class NoAnswer(RequestFailed):
+    """The deadline passed first (the sender is busy, stopped, or the answer is slow)."""
+
+
+class SenderGone(RequestFailed):
+    """The connection closed: the sender exited or was killed."""
+
+
+def connect(path: str) -> socket.socket:
+    """A non-blocking connection to the sender listening at ``path``; OSError if none does."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+    sock.setblocking(False)
+    try:
+        sock.connect(path)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def request(sock: socket.socket, kind: int, req: int, args: list[Any], deadline: float) -> Any:
+    """Send ``[kind, req, *args]`` on ``sock`` and return the payload of its reply.
+
+    Raises :class:`NoAnswer` when ``deadline`` (``time.monotonic()``) passes first and
+    :class:`SenderGone` when the connection closes. Replies to other (earlier, timed out)
+    requests and unreadable frames are skipped.
+    """
+    data = msgpack.packb([kind, req, *args])
+    while True:
+        try:
+            sock.send(data, socket.MSG_DONTWAIT)
+            break
+        except BlockingIOError:
+            _wait(sock, select.POLLOUT, deadline)
+        except OSError as exc:
+            raise SenderGone(exc.strerror or str(exc)) from None
+    while True:
+        _wait(sock, select.POLLIN, deadline)
+        try:
+            data = sock.recv(MAX_CONTROL, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            continue
+        except OSError as exc:
+            raise SenderGone(exc.strerror or str(exc)) from None
+        if not data:
+            raise SenderGone("the sender closed the connection")
+        try:
+            msg = msgpack.unpackb(data, raw=False)
+        except Exception:  # noqa: BLE001 - a garbled reply is skipped, the wait goes on
+            logger.warning("ignoring an unreadable reply from the sender")
+            continue
+        if isinstance(msg, list) and len(msg) == 3 and msg[0] == REPLY and msg[1] == req:
+            return msg[2]
+
+
+def _wait(sock: socket.socket, events: int, deadline: float) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise NoAnswer("no answer in time")
+    poller = select.poll()
+    poller.register(sock, events | select.POLLHUP)
+    if not poller.poll(remaining * 1000):
+        raise NoAnswer("no answer in time")

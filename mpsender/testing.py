@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, overload
@@ -47,6 +45,7 @@ from ._client import Client
 from ._events import unpack
 from ._exceptions import ConfigurationError
 from ._options import Options, resolve_options
+from ._sink import SinkCounters
 from ._version import __version__
 from ._wire import format_message_id, get_encoder
 
@@ -152,33 +151,23 @@ class CapturedEvents(Sequence[Event]):
             self._dropped[reason] = self._dropped.get(reason, 0) + 1
 
 
-class _CaptureChannel:
-    """Stands in for :class:`mpsender._channel.Channel`: records instead of writing.
+class CaptureSink:
+    """A sink (``mpsender._sink.Sink``) that records instead of sending.
 
-    It takes the packed record ``Client._emit`` produced, unpacks it as the sender
-    does, and encodes it with the sender's Segment encoder, so what is recorded is
-    what production would send.
+    It takes the packed record the client produced, unpacks it as the sender does,
+    and encodes it with the sender's Segment encoder, so what is recorded is what
+    production would send. A later ``init()`` keeps it (``survives_init``): an app
+    that initialises inside a capture block stays captured, with its options.
     """
+
+    survives_init = True
 
     def __init__(self, events: CapturedEvents, options: Options) -> None:
         self.events = events
         self._max = options.max_message_bytes
         self._encoder = get_encoder("segment", write_key="", library_name="mpsender",
                                     library_version=__version__)
-        self.dropped: dict[str, int] = {}
-        self.handed = 0
-        self.spilled = 0
-        self.fallback = 0
-        self._init_state()
-
-    def _init_state(self) -> None:
-        # Message ids built as Channel builds them: a random per-process prefix with
-        # the UUIDv4 version bits set, and a counter with the variant bits set.
-        self.pid = os.getpid()
-        prefix = bytearray(os.urandom(8))
-        prefix[6] = (prefix[6] & 0x0F) | 0x40
-        self.prefix = bytes(prefix)
-        self.seq = itertools.count(0x8000_0000_0000_0000)
+        self._counts = SinkCounters()
 
     def write(self, payload: bytes, now: float) -> None:
         try:
@@ -197,19 +186,16 @@ class _CaptureChannel:
             logger.warning("event is %d bytes as JSON, over max_message_bytes (%d): the sender "
                            "would dead-letter it", len(wire), self._max)
             return
-        self.handed += 1
+        self._counts.handed += 1
         self.events._add(json.loads(wire))
 
-    # --- the rest of Channel's surface used by Client: nothing to do ----------------
+    # --- the rest of the interface: nothing to do --------------------------------------
 
-    def nothing_sent(self) -> bool:
-        return True  # captured events are "delivered" as they are tracked
+    def start(self, wait: float) -> bool:
+        return True  # there is no sender to start
 
     def flush(self, timeout: float) -> bool:
-        return True
-
-    def connect(self, *, wait: float) -> bool:
-        return True
+        return True  # captured events are "delivered" as they are tracked
 
     def close(self) -> bool:
         return True  # nothing was opened
@@ -217,26 +203,11 @@ class _CaptureChannel:
     def sender_stats(self, timeout: float) -> dict[str, Any] | None:
         return None  # there is no sender
 
-    # --- mpsender.init() inside a capture block --------------------------------------
+    def counters(self) -> SinkCounters:
+        return self._counts
 
-    def adopt(self, client: Client, options: Options) -> None:
-        """Take the app-side options of an ``init()`` made inside the block (its
-        ``before_send``, super properties, ``enrich``...) and keep capturing."""
-        client.__dict__.update(_armed_state(options, self))
-
-
-def _armed_state(options: Options, channel: _CaptureChannel) -> dict[str, Any]:
-    """The attributes of a Client built from ``options`` whose channel is ``channel``.
-
-    ``Client._setup`` with ``disabled=True`` sets every app-side attribute (hook,
-    super properties, size limit...) and stops before creating paths or a channel;
-    the capture channel is put in afterwards and the client switched on.
-    """
-    scratch = Client.__new__(Client)
-    scratch._setup(dataclasses.replace(options, disabled=True))
-    state = dict(scratch.__dict__)
-    state.update(options=options, _off=False, _channel=channel, _capture=channel)
-    return state
+    def after_fork(self) -> None:
+        pass  # a fork child records into its own copy, which the test does not see
 
 
 @contextlib.contextmanager
@@ -251,8 +222,8 @@ def capture(client: Client | None = None, **options: Any) -> Iterator[CapturedEv
     instance. ``options`` override the client's options for the block, e.g.
     ``capture(before_send=scrub)``; a bad one raises :class:`ConfigurationError`.
 
-    On exit the client gets its state back (its own channel, options and counters)
-    and the process's client is what it was. Blocks can nest.
+    On exit the client gets its own sink, options and counters back, and the
+    process's client is what it was. Blocks can nest.
     """
     unknown = sorted(set(options) - _OPTION_NAMES)
     if unknown:
@@ -265,35 +236,20 @@ def capture(client: Client | None = None, **options: Any) -> Iterator[CapturedEv
         target = client if client is not None else _api._client
         if target is None:
             opts = resolve_options({**options, "disabled": True})
-            installed = target = Client.__new__(Client)
-            target.__dict__.update(_fresh_state(opts))
+            installed = target = Client.from_options(opts)
             _api._client = installed
         else:
             opts = dataclasses.replace(target.options, **options) if options else target.options
-        saved = dict(target.__dict__)
-        channel = _CaptureChannel(events, opts)
-        target.__dict__.update(_armed_state(opts, channel))
-    events._hook_count = lambda: int(target.__dict__.get("_hook_dropped", 0))
+        give_back = target._use(opts, CaptureSink(events, opts))
+    captured = target
+    events._hook_count = lambda: captured._hook_dropped
     try:
         yield events
     finally:
         final = events._hook_count()
         events._hook_count = lambda: final
-        # Put the client's own state back in one update (a thread tracking right now
-        # sees the old state or the new one), then remove what arming added.
-        state = target.__dict__
-        state.update(saved)
-        for key in [k for k in state if k not in saved]:
-            state.pop(key, None)
+        give_back()
         if installed is not None:
             with _api._lock:
                 if _api._client is installed:
                     _api._client = None
-
-
-def _fresh_state(options: Options) -> dict[str, Any]:
-    """The state of a disabled Client with ``options``: what a capture installs when
-    the process has no client, and what it leaves behind (a no-op) if kept."""
-    scratch = Client.__new__(Client)
-    scratch._setup(options)
-    return dict(scratch.__dict__)

@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 
 _STATE = "state.json"
 _SAVE_EVERY = 5.0
-#: events held in memory when they came over a socket (journal=False, or the disk
-#: refused them); past either bound the sender stops reading sockets until the uploader
+#: events held in memory when they came over a socket (the disk refused them); past
+#: either bound the sender stops reading sockets until the uploader
 #: catches up, and the applications spill to their files meanwhile
 MAX_MEMORY_EVENTS = 100_000
 MAX_MEMORY_BYTES = 64 * 1024 * 1024
@@ -62,7 +62,7 @@ class Server:
         self.dest = dest
         self.counters = Counters()  # the one set: the spool and the uploader count into it too
         self.spool = Spool(spool_dir, self.counters)
-        self._unjournaled = 0  # events over a socket with the journal on, not yet counted
+        self._unspooled = 0  # events that came over a socket, not yet counted
         self._state_lock = threading.Lock()
         self._load_state()
         self.started_at = time.time()
@@ -127,7 +127,7 @@ class Server:
                         self._read(key.data)
                 except Exception:  # noqa: BLE001 - one bad client must not stop the sender
                     logger.exception("error while serving a connection")
-            self._count_unjournaled()
+            self._count_unspooled()
             self._check_waiters()
             self._backpressure()
             now = time.monotonic()
@@ -266,19 +266,18 @@ class Server:
         spool.mem_in += 1
         spool.mem.append((spool.mem_in, data))
         spool.mem_bytes += len(data)
-        if self.options.journal:
-            self._unjournaled += 1  # an app could not write its file (counted once per pass)
+        self._unspooled += 1  # an app could not write its file (counted once per pass)
         if len(spool.mem) >= MAX_MEMORY_EVENTS or spool.mem_bytes >= MAX_MEMORY_BYTES:
             self._backpressure()
         self.uploader.wake()
 
-    def _count_unjournaled(self) -> None:
-        """Count the events that came over a socket though the journal is on as
+    def _count_unspooled(self) -> None:
+        """Count the events that came over a socket (an app could not write its file) as
         spool_unavailable, once per pass of the loop: the counters' lock is not taken
         per event."""
-        if self._unjournaled:
-            self.counters.incident("spool_unavailable", self._unjournaled)
-            self._unjournaled = 0
+        if self._unspooled:
+            self.counters.incident("spool_unavailable", self._unspooled)
+            self._unspooled = 0
 
     def _reply(self, conn: _Conn, req: int, payload: Any) -> None:
         try:
@@ -301,7 +300,7 @@ class Server:
     # --- stats and state ------------------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        self._count_unjournaled()  # a STATS request in the middle of a pass sees them too
+        self._count_unspooled()  # a STATS request in the middle of a pass sees them too
         c = self.counters
         spool = self.spool
         dropped = dict(c.dropped)

@@ -299,32 +299,6 @@ def test_bad_input_is_refused_with_a_clear_error_and_counted(client_factory, col
     assert stats.process.rejected == 5 and stats.process.tracked == 1
 
 
-def test_journal_off_flush_waits_for_events_sent_over_the_socket(client_factory, collector: Collector) -> None:
-    """A few events fit in the socket, so no file is ever written: flush() must still wait
-    for the endpoint (it once returned True at once: no file, nothing to wait for)."""
-    client = client_factory(journal=False)
-    assert client.start(wait=10)
-    for i in range(10):
-        client.track("socket-only", user_id="u", properties={"i": i})
-    assert client.stats().process.spilled == 0
-    assert client.flush(timeout=30)
-    assert len(set(collector.message_ids())) == 10
-
-
-def test_journal_off_sends_over_the_socket_and_delivers(client_factory, collector: Collector) -> None:
-    """journal=False: events go over the socket first (spilling to the file only when it
-    is full) and all arrive."""
-    client = client_factory(journal=False)
-    assert client.start(wait=10)
-    for i in range(2000):
-        client.track("socket-first", user_id="u", properties={"i": i})
-    assert client.flush(timeout=30)
-    assert len(set(collector.message_ids())) == 2000
-    process = client.stats().process
-    assert process.handed_to_sender + process.spilled == 2000
-    assert process.handed_to_sender > 0
-
-
 def test_status_polling_does_not_keep_an_idle_sender_alive(collector: Collector, runtime_dir: str) -> None:
     """Connections that only ask for stats (a monitor, `mpsender status --watch`) do not
     count as clients: the sender still exits after its linger."""

@@ -328,7 +328,7 @@ def test_expired_events_are_dropped_and_the_count_survives_a_restart(
     assert [e["event"] for e in collector.events()] == ["new"]
     first = client.stats().sender
     assert first is not None and first.dropped == {"expired": 1}
-    assert client._channel.stop_sender(timeout=10)
+    assert client._sink.stop_sender(timeout=10)
     assert wait_for(lambda: not psutil.pid_exists(first.pid), timeout=10)
     client.start(wait=10)
     second = client.stats().sender
@@ -383,7 +383,7 @@ def test_full_disk_app_sends_over_the_socket(collector: Collector, runtime_dir: 
     proc = run_app(_FULL_DISK_APP, env, args=["10"])
     out = check(proc)
     assert out.split()[:2] == ["True", "200"], out
-    assert proc.stderr.count("WARNING:mpsender._channel") == 1, proc.stderr  # logged once, not per event
+    assert proc.stderr.count("WARNING:mpsender._sink") == 1, proc.stderr  # logged once, not per event
     assert len(_unique(collector)) == 200
     code = "import mpsender; print(mpsender.init().stats().sender.incidents.get('spool_unavailable'))"
     assert check(run_app(code, env)).strip() == "200"

@@ -32,7 +32,8 @@ import pytest
 from mpsender._client import Client
 from mpsender._version import __version__
 from mpsender._wire import get_encoder
-from mpsender.testing import CapturedEvents, _armed_state, _CaptureChannel
+from mpsender._options import Options
+from mpsender.testing import CapturedEvents, CaptureSink
 
 segment_analytics = pytest.importorskip("segment.analytics")
 posthog = pytest.importorskip("posthog")
@@ -100,11 +101,11 @@ def peer_server() -> Iterator[Received]:
 # --- mpsender's side: the same calls, encoded as the sender does ---------------------------------
 
 
-class _Recorder(_CaptureChannel):
+class _Recorder(CaptureSink):
     """Keeps the packed records a Client writes, decoded as the sender decodes them."""
 
-    def __init__(self) -> None:
-        super().__init__(CapturedEvents(), Client(disabled=True).options)
+    def __init__(self, options: Options) -> None:
+        super().__init__(CapturedEvents(), options)
         self.records: list[dict[str, Any]] = []
 
     def write(self, payload: bytes, now: float) -> None:
@@ -113,9 +114,9 @@ class _Recorder(_CaptureChannel):
 
 def mpsender_request(fmt: str, calls: Callable[[Client], None]) -> tuple[str, dict[str, str], dict[str, Any]]:
     """Run ``calls`` on a real Client and return the request the sender would POST."""
-    client = Client(KEY, "http://127.0.0.1:9", format=fmt, disabled=True)
-    recorder = _Recorder()
-    client.__dict__.update(_armed_state(client.options, recorder))
+    options = Client(KEY, "http://127.0.0.1:9", format=fmt, disabled=True).options
+    recorder = _Recorder(options)
+    client = Client.from_options(options, recorder)
     calls(client)
     encoder = get_encoder(fmt, write_key=KEY, library_name="mpsender", library_version=__version__)
     req = encoder.request_parts([encoder.encode(r) for r in recorder.records], sent_at=T0.timestamp() + 1)

@@ -179,7 +179,7 @@ def test_the_sender_loads_an_old_state_json_and_saves_the_unified_format(tmp_pat
         assert stats["incidents"] == {"auth_failures": 2, "spool_unavailable": 7}
         assert (stats["uploaded"], stats["batches"], stats["requests"], stats["retries"]) == (40, 4, 6, 2)
         assert stats["received"] == 0  # this sender's own, not persisted
-        server._memory_event(b"\x80")  # a socket event with the journal on: a spool incident
+        server._memory_event(b"\x80")  # an event over a socket (the app's disk refused it): a spool incident
         assert server.stats()["incidents"]["spool_unavailable"] == 8
         server._save_state()
         saved = json.loads((spool_dir / "state.json").read_text())
