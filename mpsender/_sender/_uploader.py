@@ -91,6 +91,8 @@ class Uploader(threading.Thread):
         setup = build_client(options)
         self._http = setup.client
         self._secrets = setup.secrets
+        #: direct, or through which proxy and why (no credentials): for the log and status
+        self.route = setup.route
         logger.info("sending to %s %s", redact_url(self.url), setup.route)
         self._pending: deque[Entry] = deque()
         self._handoff: queue.Queue[list[Entry] | None] = queue.Queue(maxsize=1)

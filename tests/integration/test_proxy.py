@@ -115,9 +115,12 @@ def test_the_environments_proxy_carries_the_events(
     starts the sender, every request goes through that proxy."""
     proxy = forward_proxy()
     monkeypatch.setenv(variable, proxy.url)
-    assert _track_and_flush(client_factory())
+    client = client_factory()
+    assert _track_and_flush(client)
     assert collector.count() == 20
     assert _via_proxy(collector) and all(_via_proxy(collector)), proxy.output()
+    route = client.stats().sender.extra["route"]  # what mpsender status shows
+    assert route == f"by the environment: {'all' if variable == 'ALL_PROXY' else 'http'}:// {proxy.url}"
 
 
 def test_no_proxy_sends_directly(forward_proxy, client_factory, collector: Collector,
@@ -206,11 +209,12 @@ def test_proxy_credentials_are_sent_and_never_shown(
     assert stats.last_status == 407 and not stats.dropped
     assert collector.count() == 20
 
-    status = subprocess.run([sys.executable, "-m", "mpsender", "status", "--json"],
+    status = subprocess.run([sys.executable, "-m", "mpsender", "status"],
                             env={**os.environ, "MPSENDER_RUNTIME_DIR": runtime_dir},
                             capture_output=True, text=True, timeout=60, cwd=str(REPO))
     assert status.returncode == 0, status.stderr
     assert f"proxy http://***@{host}" in status.stdout  # which proxy, without the secret
+    assert f"through http://***@{host} (proxy option)" in status.stdout
     shown = {"stats": repr(stats), "options": repr(bad.options), "status": status.stdout + status.stderr}
     for path in Path(runtime_dir).rglob("*"):
         if path.is_file():  # logs, sender.json, state, spool: everything a sender wrote
