@@ -6,6 +6,8 @@ import dataclasses
 import logging
 import math
 import os
+import ssl
+import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,12 +16,15 @@ from ._exceptions import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "Options", "env_disabled", "resolve_options"]
+__all__ = ["FORMATS", "PROXY_DIRECT", "Options", "env_disabled", "redact_url", "resolve_options"]
 
 FORMATS = ("segment", "posthog", "json")
 ENV_PREFIX = "MPSENDER_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
+#: the ``proxy`` value that sends directly, whatever HTTP(S)_PROXY say
+PROXY_DIRECT = "direct"
+_PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
 BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
@@ -75,6 +80,12 @@ class Options:
     gzip: bool = True
     #: sender: verify TLS certificates
     verify_tls: bool = True
+    #: sender: PEM file of the CAs to trust instead of the default ones (a TLS-inspecting
+    #: proxy's CA); made absolute, since the sender runs in "/"
+    ca_bundle: str | None = None
+    #: sender: proxy URL for every request, instead of HTTP(S)_PROXY/ALL_PROXY/NO_PROXY
+    #: ("direct": none); out of repr because it may hold credentials
+    proxy: str | None = field(default=None, repr=False)
     #: sender: extra HTTP headers (the "json" format's auth, for example)
     headers: Mapping[str, str] = field(default_factory=dict)
     #: app: called with each event dict before it is written; return None to drop it
@@ -147,8 +158,43 @@ class Options:
             value = getattr(self, name)
             if not isinstance(value, Mapping):
                 raise ConfigurationError(f"{name} must be a mapping, got {type(value).__name__}")
+        self._check_proxy()
+        self._check_ca_bundle()
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigurationError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
+
+    def _check_proxy(self) -> None:
+        proxy = self.proxy
+        if proxy is None or proxy == PROXY_DIRECT:
+            return
+        if not isinstance(proxy, str):
+            raise ConfigurationError(f"proxy must be a URL str, not {type(proxy).__name__}")
+        try:
+            parts = urllib.parse.urlsplit(proxy)
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            parts = None
+        if parts is None or parts.scheme not in _PROXY_SCHEMES or not parts.hostname:
+            raise ConfigurationError(
+                f"proxy must be a URL like http://host:3128 ({', '.join(_PROXY_SCHEMES)}) "
+                f"or {PROXY_DIRECT!r}, got {redact_url(proxy)!r}"
+            )
+
+    def _check_ca_bundle(self) -> None:
+        path = self.ca_bundle
+        if path is None:
+            return
+        if not isinstance(path, str) or not path:
+            raise ConfigurationError(f"ca_bundle must be the path of a PEM file, got {path!r}")
+        if not self.verify_tls:
+            raise ConfigurationError("ca_bundle is set but verify_tls is False: nothing would be verified")
+        # the sender runs in "/": a relative path must mean the same file there
+        object.__setattr__(self, "ca_bundle", os.path.abspath(path))
+        try:
+            ssl.create_default_context(cafile=self.ca_bundle)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(f"ca_bundle {self.ca_bundle!r} is not a readable PEM file of CA "
+                                     f"certificates: {exc}") from exc
 
     def to_wire(self) -> dict[str, Any]:
         """The options a sender needs, as plain data (no callables)."""
@@ -160,9 +206,30 @@ class Options:
         return out
 
     def redacted_endpoint(self) -> str:
+        """The destination as logs, sender.json and ``mpsender status`` show it: no
+        secret of the key, the endpoint's or the proxy's credentials."""
         key = self.write_key
         shown = f"{key[:4]}…" if len(key) > 8 else "…"
-        return f"{self.endpoint} ({self.format}, key {shown})"
+        via = f", proxy {redact_url(self.proxy)}" if self.proxy else ""
+        return f"{redact_url(self.endpoint)} ({self.format}, key {shown}{via})"
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its user info masked (``http://***@host:3128``): a proxy's user name
+    may be a token too. Anything that does not parse is masked whole after the scheme."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        parts = None
+    if parts is None or "@" not in url:
+        if parts is not None:
+            return url
+        scheme, sep, _ = url.partition("://")
+        return f"{scheme}{sep}***" if sep else "***"
+    host = parts.netloc.rpartition("@")[2]
+    if "@" not in parts.netloc:  # an "@" in the path or query: no credentials to hide
+        return url
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"***@{host}"))
 
 
 def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:
@@ -185,6 +252,10 @@ def _parse_optional_float(raw: str) -> float | None:
     if raw.strip().lower() in ("", "none", "never", "off"):
         return None
     return float(raw)
+
+
+def _parse_optional_str(raw: str) -> str | None:
+    return raw.strip() or None
 
 
 def _parse_headers(raw: str) -> dict[str, str]:
@@ -222,6 +293,8 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "spool_dir": str,
     "gzip": _parse_bool,
     "verify_tls": _parse_bool,
+    "ca_bundle": _parse_optional_str,
+    "proxy": _parse_optional_str,
     "headers": _parse_headers,
     "on_error": str,
     "on_delivery": str,

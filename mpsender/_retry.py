@@ -30,7 +30,9 @@ RETRYABLE_STATUSES: frozenset[int] = frozenset(
     {408, 429} | {s for s in range(500, 600) if s not in (501, 505)}
 )
 
-_AUTH_STATUSES = frozenset({401, 403})
+# 407: a forward proxy refused its credentials (for http:// endpoints it answers the
+# request itself; through CONNECT httpx raises instead, a network error that retries)
+_AUTH_STATUSES = frozenset({401, 403, 407})
 
 # Words collectors use in a 400 body when the request or one event is too big
 # (Segment: "exceeds the maximum size", others "payload too large").
@@ -49,7 +51,7 @@ def is_retryable_status(status: int) -> bool:
 
 
 def is_auth_status(status: int) -> bool:
-    """Whether ``status`` says the key is wrong (401, 403).
+    """Whether ``status`` says the key is wrong (401, 403) or the proxy's credentials (407).
 
     That is not a problem of the events: the sender pauses and keeps them.
     """

@@ -60,11 +60,16 @@ def client_factory(collector: Collector, runtime_dir: str) -> Iterator[object]:
         client.shutdown(timeout=0.0)
 
 
+#: what a developer's shell may export that would route the senders' requests elsewhere
+_PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_proxy", "request_method"})
+
+
 @pytest.fixture(autouse=True)
 def _fresh_module_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Each test starts with no process-wide client and no MPSENDER_* variables."""
+    """Each test starts with no process-wide client, no MPSENDER_* variables and no proxy
+    variables (the senders it starts inherit the environment)."""
     for name in list(os.environ):
-        if name.startswith("MPSENDER_"):
+        if name.startswith("MPSENDER_") or name.lower() in _PROXY_VARIABLES:
             monkeypatch.delenv(name)
     _api._reset_for_tests()
     yield

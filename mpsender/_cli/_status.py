@@ -122,7 +122,8 @@ def report(d: Destination, answer: dict[str, Any] | str) -> dict[str, Any]:
     if isinstance(answer, dict):
         out["answering"] = True
         for key in ("received", "uploaded", "batches", "requests", "retries", "pending", "pending_bytes",
-                    "spool_bytes", "files", "connections", "last_status", "last_error", "rate_limited_for"):
+                    "spool_bytes", "files", "connections", "last_status", "last_error", "rate_limited_for",
+                    "route"):
             out[key] = answer.get(key)
         out["dropped"] = dict(answer.get("dropped") or {})
         out["incidents"] = dict(answer.get("incidents") or {})  # trouble that lost nothing
@@ -177,6 +178,8 @@ def render(reports: list[dict[str, Any]], out: Any) -> None:
             if r["rate_limited_for"]:
                 last += f" · rate limited for {c.duration(r['rate_limited_for'])}"
             out.write(f"  endpoint  last answer {last}\n")
+            if r.get("route"):  # proxies: where requests go, credentials masked
+                out.write(f"  route     {r['route']}\n")
             out.write(f"  spool     {c.size(r['spool_bytes'])} in {r['files']} file(s) · {r['spool']}\n")
             out.write(f"  dropped   {c.dropped(r['dropped'])}\n")
             if r["incidents"]:

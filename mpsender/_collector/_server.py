@@ -12,6 +12,7 @@ import os
 import random
 import socket
 import sqlite3
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -173,12 +174,22 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], collector: Collector) -> None:
+    def __init__(self, address: tuple[str, int], collector: Collector,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.collector = collector
+        self.ssl_context = ssl_context
         self.stopping = threading.Event()
         self._conns: set[socket.socket] = set()
         self._conns_changed = threading.Condition()
         super().__init__(address, _Handler)
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, addr = super().get_request()
+        if self.ssl_context is None:
+            return sock, addr
+        # the handshake happens on the first read, in the request's thread: a client
+        # that never completes it holds up only its own thread, not the accept loop
+        return self.ssl_context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), addr
 
     def process_request(self, request: Any, client_address: Any) -> None:
         # Registered here, in the accept thread, so that once serve_forever() has
@@ -257,8 +268,11 @@ class Collector:
         faults: Faults | None = None,
         max_records: int | None = 100_000,
         store: str = STORE_SQLITE,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """``max_records`` bounds the in-memory :meth:`requests` list (oldest dropped first).
+
+        ``ssl_context``: a server context (certificate loaded) to serve HTTPS instead.
 
         ``store``: ``"sqlite"`` (every event in ``db_path``) or ``"ids"`` (the message
         ids only, in memory; ``db_path`` is not opened).
@@ -271,6 +285,7 @@ class Collector:
             raise ValueError(f"max_records must be >= 1 or None, got {max_records!r}")
         self._host = host
         self._port = port
+        self._ssl_context = ssl_context
         self._write_key = write_key
         self._store_kind = store
         self._store: _Store | _IdStore
@@ -308,7 +323,7 @@ class Collector:
             if self._server is not None:
                 return self
             cls = _Server6 if ":" in self._host else _Server
-            server = cls((self._host, self._port), self)
+            server = cls((self._host, self._port), self, self._ssl_context)
             try:
                 self._store.drop_index()
             except BaseException:
@@ -381,9 +396,10 @@ class Collector:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
+        """``http://127.0.0.1:PORT`` (``https://`` with an ``ssl_context``)."""
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        scheme = "http" if self._ssl_context is None else "https"
+        return f"{scheme}://{host}:{self._port}"
 
     @property
     def store(self) -> str:

@@ -318,6 +318,7 @@ class Server:
             "incidents": {k: v for k, v in incidents.items() if v},
             "connections": self._clients(), "last_status": c.last_status, "last_error": c.last_error,
             "rate_limited_for": self.uploader.rate_limit.remaining(time.monotonic()),
+            "route": self.uploader.route,
             "destination": self.options.redacted_endpoint(), "version": __version__,
             "spool": spool.dir, "files": len(spool.files),
         }

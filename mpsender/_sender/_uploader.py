@@ -15,7 +15,6 @@ import logging
 import operator
 import os
 import queue
-import socket
 import threading
 import time
 from collections import deque
@@ -25,7 +24,7 @@ from typing import Any
 import httpx
 
 from .._events import unpack, written_at
-from .._options import Options
+from .._options import Options, redact_url
 from .._retry import (
     RateLimit,
     is_auth_status,
@@ -36,6 +35,7 @@ from .._retry import (
 )
 from .._version import __version__
 from .._wire import format_timestamp, get_encoder, gzip_compress
+from ._http import build_client
 from ._spool import Counters, Entry, Spool
 
 logger = logging.getLogger(__name__)
@@ -88,17 +88,12 @@ class Uploader(threading.Thread):
         self.url = options.endpoint.rstrip("/") + self.encoder.path
         self._url = httpx.URL(self.url)  # parsed once: httpx would parse the string per request
         self._headers: tuple[dict[str, str], httpx.Headers] | None = None
-        transport = httpx.HTTPTransport(
-            verify=options.verify_tls,
-            limits=httpx.Limits(max_connections=1, max_keepalive_connections=1),
-            # small writes (headers, then body) must not wait for a delayed ACK: 40 ms each
-            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-        )
-        self._http = httpx.Client(
-            timeout=httpx.Timeout(options.request_timeout),
-            transport=transport,
-            headers={"User-Agent": f"mpsender/{__version__}"},
-        )
+        setup = build_client(options)
+        self._http = setup.client
+        self._secrets = setup.secrets
+        #: direct, or through which proxy and why (no credentials): for the log and status
+        self.route = setup.route
+        logger.info("sending to %s %s", redact_url(self.url), setup.route)
         self._pending: deque[Entry] = deque()
         self._handoff: queue.Queue[list[Entry] | None] = queue.Queue(maxsize=1)
         self._next_housekeeping = 0.0
@@ -383,8 +378,12 @@ class Uploader(threading.Thread):
                 self._report(events, status, error or body[:500], ok=False, will_retry=True)
                 if not self._auth_warned:
                     self._auth_warned = True
-                    logger.error("the endpoint refused the write key (HTTP %s): delivery paused, "
-                                 "events kept in the spool; check write_key", status)
+                    if status == 407:
+                        logger.error("the proxy refused its credentials (HTTP 407): delivery paused, "
+                                     "events kept in the spool; check the proxy option or HTTP(S)_PROXY")
+                    else:
+                        logger.error("the endpoint refused the write key (HTTP %s): delivery paused, "
+                                     "events kept in the spool; check write_key", status)
                 if not self._interruptible_wait(min(_AUTH_PAUSE, next_delay(
                         attempt, retry_after=None, base=self.options.retry_base, cap=self.options.retry_cap))):
                     attempt += 1
@@ -429,8 +428,14 @@ class Uploader(threading.Thread):
         except httpx.TimeoutException as exc:
             return None, "", f"timeout: {type(exc).__name__}", None
         except httpx.HTTPError as exc:
-            return None, "", f"{type(exc).__name__}: {exc}", None
+            # the one place network errors become text (status, logs, hooks): no proxy password
+            return None, "", self._scrub(f"{type(exc).__name__}: {exc}"), None
         return resp.status_code, resp.text[:2000], None, resp.headers.get("retry-after")
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
 
     def _http_headers(self, headers: dict[str, str]) -> httpx.Headers:
         """The encoder's headers (the same for every request) as httpx's own type, built

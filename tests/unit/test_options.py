@@ -145,3 +145,63 @@ def test_the_default_runtime_dir_comes_first_and_xdg_runtime_dir_next(monkeypatc
     assert places[0].endswith(f"mpsender-{os.getuid()}")
     assert places[1] == str(tmp_path / "xdg" / "mpsender")
     assert f"/tmp/mpsender-{os.getuid()}" in places
+
+
+def test_proxy_and_ca_bundle_come_from_the_environment(tmp_path) -> None:
+    """MPSENDER_PROXY and MPSENDER_CA_BUNDLE fill the options; an empty value means unset."""
+    import trustme
+
+    pem = tmp_path / "ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(pem))
+    o = resolve_options({}, environ={**_ENV_BASE, "MPSENDER_PROXY": "http://127.0.0.1:3128",
+                                     "MPSENDER_CA_BUNDLE": str(pem)})
+    assert (o.proxy, o.ca_bundle) == ("http://127.0.0.1:3128", str(pem))
+    assert resolve_options({}, environ={**_ENV_BASE, "MPSENDER_PROXY": " "}).proxy is None
+
+
+_ENV_BASE = {"MPSENDER_WRITE_KEY": "k", "MPSENDER_ENDPOINT": "http://127.0.0.1:1"}
+
+
+@pytest.mark.parametrize("proxy", ["ftp://127.0.0.1:21", "127.0.0.1:3128", "http://",
+                                   "http://agent:hunter22@127.0.0.1:port"])
+def test_bad_proxy_is_named_without_its_password(proxy: str) -> None:
+    """A proxy that is not an http/https/socks5 URL raises naming the field; the message
+    masks the credentials."""
+    with pytest.raises(ConfigurationError, match="proxy must be a URL") as info:
+        Options(**BASE, proxy=proxy)
+    assert "hunter22" not in str(info.value)
+
+
+def test_bad_proxy_in_the_environment_warns_without_its_password(caplog: pytest.LogCaptureFixture) -> None:
+    """A bad MPSENDER_PROXY is ignored with a warning that does not show the password."""
+    with caplog.at_level(logging.WARNING, logger="mpsender"):
+        o = resolve_options({}, environ={**_ENV_BASE, "MPSENDER_PROXY": "ftp://agent:hunter22@127.0.0.1"})
+    assert o.proxy is None
+    assert "MPSENDER_PROXY" in caplog.text and "hunter22" not in caplog.text
+
+
+def test_proxy_credentials_stay_out_of_repr_and_the_shown_destination() -> None:
+    """repr() leaves the proxy out; the destination shown by logs and status masks it."""
+    o = Options(**{**BASE, "endpoint": "https://user:epass@127.0.0.1:1"},
+                proxy="http://agent:hunter22@127.0.0.1:3128")
+    assert "hunter22" not in repr(o)
+    shown = o.redacted_endpoint()
+    assert "hunter22" not in shown and "epass" not in shown
+    assert "proxy http://***@127.0.0.1:3128" in shown and "https://***@127.0.0.1:1" in shown
+
+
+def test_ca_bundle_is_checked_and_made_absolute(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ca_bundle must be a PEM file of certificates; a relative path is resolved where
+    Options is built (the sender runs in /); with verify_tls=False it is refused."""
+    import trustme
+
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    (tmp_path / "not.pem").write_text("hello")
+    monkeypatch.chdir(tmp_path)
+    assert Options(**BASE, ca_bundle="ca.pem").ca_bundle == str(tmp_path / "ca.pem")
+    with pytest.raises(ConfigurationError, match="ca_bundle .*not.pem.* is not a readable PEM"):
+        Options(**BASE, ca_bundle="not.pem")
+    with pytest.raises(ConfigurationError, match="ca_bundle .* is not a readable PEM"):
+        Options(**BASE, ca_bundle="missing.pem")
+    with pytest.raises(ConfigurationError, match="ca_bundle is set but verify_tls is False"):
+        Options(**BASE, ca_bundle="ca.pem", verify_tls=False)

@@ -55,9 +55,9 @@ def test_retryable_table_is_exact() -> None:
 
 
 @pytest.mark.parametrize("status,expected", [(401, True), (403, True), (400, False),
-                                             (404, False), (407, False), (500, False)])
+                                             (404, False), (407, True), (500, False)])
 def test_auth_statuses(status: int, expected: bool) -> None:
-    """Only 401 and 403 count as an auth failure."""
+    """Only 401, 403 (the key) and 407 (the proxy's credentials) count as an auth failure."""
     assert is_auth_status(status) is expected
 
 
