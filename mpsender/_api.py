@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import os
 import threading
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec
 
 import msgpack
 
@@ -15,6 +18,8 @@ from ._options import Options, env_disabled, resolve_options
 from ._stats import Stats
 
 logger = logging.getLogger(__name__)
+
+P = ParamSpec("P")
 
 #: set by init(): a 0600 file with the options, so spawn/forkserver children that never
 #: call init() themselves find the same sender
@@ -103,39 +108,30 @@ def get_client() -> Client:
     return _client or _auto_client()
 
 
-def track(event: str, **kwargs: Any) -> None:
-    """Record an event; see :meth:`Client.track`. Returns in microseconds."""
-    (_client or _auto_client()).track(event, **kwargs)
+def _forward(method: Callable[Concatenate[Client, P], None]) -> Callable[P, None]:
+    """The module-level twin of a ``Client`` method: the same signature and docstring
+    (so mypy and editors check a user's call), run on the process's client."""
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> None:
+        method(_client or _auto_client(), *args, **kwargs)
+
+    functools.update_wrapper(call, method)
+    call.__qualname__ = call.__name__ = method.__name__
+    call.__module__ = "mpsender"
+    del call.__wrapped__  # type: ignore[attr-defined]  # help() shows the signature below
+    signature = inspect.signature(method)
+    call.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=list(signature.parameters.values())[1:])
+    return call
 
 
-def identify(user_id: str | None = None, **kwargs: Any) -> None:
-    """See :meth:`Client.identify`."""
-    (_client or _auto_client()).identify(user_id, **kwargs)
-
-
-def group(group_id: str, **kwargs: Any) -> None:
-    """See :meth:`Client.group`."""
-    (_client or _auto_client()).group(group_id, **kwargs)
-
-
-def alias(previous_id: str, **kwargs: Any) -> None:
-    """See :meth:`Client.alias`."""
-    (_client or _auto_client()).alias(previous_id, **kwargs)
-
-
-def page(name: str | None = None, **kwargs: Any) -> None:
-    """See :meth:`Client.page`."""
-    (_client or _auto_client()).page(name, **kwargs)
-
-
-def screen(name: str | None = None, **kwargs: Any) -> None:
-    """See :meth:`Client.screen`."""
-    (_client or _auto_client()).screen(name, **kwargs)
-
-
-def capture_error(exc: BaseException, **kwargs: Any) -> None:
-    """See :meth:`Client.capture_error`."""
-    (_client or _auto_client()).capture_error(exc, **kwargs)
+track = _forward(Client.track)
+identify = _forward(Client.identify)
+group = _forward(Client.group)
+alias = _forward(Client.alias)
+page = _forward(Client.page)
+screen = _forward(Client.screen)
+capture_error = _forward(Client.capture_error)
 
 
 def flush(timeout: float = 5.0) -> bool:

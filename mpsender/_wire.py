@@ -5,7 +5,7 @@ wire event dict (:meth:`Encoder.event`) and wraps a batch of those into one
 :class:`WireRequest` (:meth:`Encoder.request`). The uploader applies gzip and
 ``Content-Encoding`` itself.
 
-Formats (:data:`FORMATS`): ``segment`` (default; Segment's HTTP Tracking API,
+Formats (``_options.FORMATS``, their one list): ``segment`` (default; Segment's HTTP Tracking API,
 which RudderStack and other Segment-compatible collectors accept), ``posthog``
 and ``json`` (Segment-shaped events for a collector of one's own).
 
@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-FORMATS: Final = ("json", "posthog", "segment")
+from ._options import FORMATS
 
 _json_fast = json.JSONEncoder(
     ensure_ascii=False, allow_nan=False, separators=(",", ":")
@@ -571,6 +571,6 @@ def get_encoder(
     """
     cls = _ENCODERS.get(fmt)
     if cls is None:
-        raise ValueError(f"unknown wire format {fmt!r}; valid formats: {', '.join(FORMATS)}")
+        raise ValueError(f"unknown wire format {fmt!r}; valid formats: {', '.join(sorted(FORMATS))}")
     return cls(write_key=write_key, library_name=library_name,
                library_version=library_version, path=path, headers=headers)

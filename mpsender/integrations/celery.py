@@ -246,7 +246,8 @@ def _on_task_postrun(sender: Any = None, task_id: str | None = None, task: Any =
         props["state"] = state or TERMINATED
         if started is not None:
             props["duration"] = time.perf_counter() - started
-        mpsender.track(settings.task_event, properties=props, **_identity(settings, task))
+        user_id, anonymous_id = _identity(settings, task)
+        mpsender.track(settings.task_event, properties=props, user_id=user_id, anonymous_id=anonymous_id)
     except Exception:  # noqa: BLE001 - a task's outcome must not change because of analytics
         logger.exception("could not send the task event of %s", task_id)
 
@@ -264,8 +265,9 @@ def _on_task_failure(sender: Any = None, task_id: str | None = None, exception: 
             if len(_failed) > _FAILED_KEPT:
                 _failed.popitem(last=False)
     try:
+        user_id, anonymous_id = _identity(settings, sender)
         mpsender.capture_error(exception, properties=_task_properties(sender, task_id),
-                               **_identity(settings, sender))
+                               user_id=user_id, anonymous_id=anonymous_id)
     except Exception:  # noqa: BLE001 - a task's outcome must not change because of analytics
         logger.exception("could not send the error event of %s", task_id)
 
@@ -282,7 +284,9 @@ def _task_properties(task: Any, task_id: str | None) -> dict[str, Any]:
     }
 
 
-def _identity(settings: _Settings, task: Any) -> dict[str, str]:
+def _identity(settings: _Settings, task: Any) -> tuple[str | None, str | None]:
+    """(user_id, anonymous_id) of a task's events: the user_id function's answer, else
+    the worker node."""
     if settings.user_id is not None:
         try:
             uid = settings.user_id(task)
@@ -290,6 +294,6 @@ def _identity(settings: _Settings, task: Any) -> dict[str, str]:
             logger.exception("the user_id function given to connect() raised")
             uid = None
         if uid:
-            return {"user_id": str(uid)}
+            return str(uid), None
     node = getattr(getattr(task, "request", None), "hostname", None) or socket.gethostname()
-    return {"anonymous_id": f"celery:{node}"}
+    return None, f"celery:{node}"

@@ -157,7 +157,7 @@ def test_unknown_format_names_valid_ones() -> None:
 
 def test_formats_and_defaults() -> None:
     """Each format has its name, class and default path."""
-    assert FORMATS == ("json", "posthog", "segment")
+    assert sorted(FORMATS) == ["json", "posthog", "segment"]
     expected = {"segment": (SegmentEncoder, "/v1/batch"), "posthog": (PostHogEncoder, "/batch/"),
                 "json": (JsonEncoder, "/json")}
     for fmt, (cls, path) in expected.items():
