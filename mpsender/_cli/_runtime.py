@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,8 @@ import psutil
 
 from .._options import Options
 from .._paths import paths_for
-from .._protocol import MAX_CONTROL, REPLY, STATS, STOP
+from .. import _protocol
+from .._protocol import STATS, STOP
 from ._common import CliError
 
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options))
@@ -152,35 +152,19 @@ class ControlError(Exception):
 
 
 def control(sock_path: Path, kind: int, timeout: float) -> Any:
-    """One round trip with a sender: ``[kind, 1]`` -> the reply's payload."""
+    """One round trip with a sender: ``[kind, 1]`` -> the reply's payload (the client of
+    ``_protocol``, as the application side uses it)."""
     deadline = time.monotonic() + timeout
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     try:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(sock_path))
-            sock.send(msgpack.packb([kind, 1]))
-        except OSError as exc:
-            raise ControlError(f"cannot reach {sock_path}: {exc.strerror or exc}") from exc
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise ControlError(f"no answer within {timeout:g}s")
-            sock.settimeout(remaining)
-            try:
-                data = sock.recv(MAX_CONTROL)
-            except socket.timeout:
-                raise ControlError(f"no answer within {timeout:g}s") from None
-            except OSError as exc:
-                raise ControlError(f"connection lost: {exc.strerror or exc}") from exc
-            if not data:
-                raise ControlError("the sender closed the connection")
-            try:
-                msg = msgpack.unpackb(data, raw=False)
-            except ValueError:
-                continue  # not ours to understand: wait for the reply
-            if isinstance(msg, list) and len(msg) == 3 and msg[0] == REPLY and msg[1] == 1:
-                return msg[2]
+        sock = _protocol.connect(str(sock_path))
+    except OSError as exc:
+        raise ControlError(f"cannot reach {sock_path}: {exc.strerror or exc}") from exc
+    try:
+        return _protocol.request(sock, kind, 1, [], deadline)
+    except _protocol.NoAnswer:
+        raise ControlError(f"no answer within {timeout:g}s") from None
+    except _protocol.SenderGone as exc:
+        raise ControlError(f"connection lost: {exc}") from None
     finally:
         sock.close()
 
