@@ -58,6 +58,11 @@ class SenderStats:
     last_error: str | None
     #: seconds until the endpoint's Retry-After expires (0: none)
     rate_limited_for: float
+    #: seconds the request now in flight has waited for its answer (0: none in flight); a
+    #: hanging endpoint shows here while it hangs (an older sender reports none)
+    in_flight_for: float = 0.0
+    #: events the request now in flight carries (0: none in flight)
+    in_flight_events: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod

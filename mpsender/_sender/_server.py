@@ -307,6 +307,7 @@ class Server:
         dropped = dict(c.dropped)
         incidents = dict(c.incidents)
         pending_bytes = spool.pending_bytes()
+        in_flight_for, in_flight_events = self.uploader.in_flight_now(time.monotonic())
         return {
             "pid": os.getpid(), "started_at": self.started_at, "uptime": time.time() - self.started_at,
             "received": c.received, "uploaded": c.uploaded, "batches": c.batches,
@@ -319,6 +320,7 @@ class Server:
             "incidents": {k: v for k, v in incidents.items() if v},
             "connections": self._clients(), "last_status": c.last_status, "last_error": c.last_error,
             "rate_limited_for": self.uploader.rate_limit.remaining(time.monotonic()),
+            "in_flight_for": in_flight_for, "in_flight_events": in_flight_events,
             "destination": self.options.redacted_endpoint(), "version": __version__,
             "spool": spool.dir, "files": len(spool.files),
         }

@@ -106,6 +106,11 @@ class Uploader(threading.Thread):
         self._deadletter_path = os.path.join(spool.dir, "deadletter.jsonl")
         self._auth_warned = False
         self._hooks = {name: _load_hook(getattr(options, name), name) for name in ("on_error", "on_delivery")}
+        #: (monotonic start, events) of the request being sent, None between requests. Set
+        #: by the posting thread only; the IO thread reads it for stats (one attribute,
+        #: replaced whole), so a hanging endpoint shows while it hangs, not only after
+        #: ``request_timeout`` as a retry.
+        self.in_flight: tuple[float, int] | None = None
 
     # --- control from the IO thread --------------------------------------------------
 
@@ -425,13 +430,23 @@ class Uploader(threading.Thread):
         body = req.body
         if self.options.gzip:
             body = gzip_compress(body)
+        self.in_flight = (time.monotonic(), len(events))
         try:
             resp = self._http.post(self._url, content=body, headers=self._http_headers(req.headers))
         except httpx.TimeoutException as exc:
             return None, "", f"timeout: {type(exc).__name__}", None
         except httpx.HTTPError as exc:
             return None, "", f"{type(exc).__name__}: {exc}", None
+        finally:
+            self.in_flight = None
         return resp.status_code, resp.text[:2000], None, resp.headers.get("retry-after")
+
+    def in_flight_now(self, now: float) -> tuple[float, int]:
+        """(seconds the request in flight has waited, events it carries); (0, 0) when none."""
+        current = self.in_flight
+        if current is None:
+            return 0.0, 0
+        return max(0.0, now - current[0]), current[1]
 
     def _http_headers(self, headers: dict[str, str]) -> httpx.Headers:
         """The encoder's headers (the same for every request) as httpx's own type, built

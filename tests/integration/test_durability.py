@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -197,6 +198,30 @@ print(time.monotonic() - t)
     check(run_app("import mpsender, sys; mpsender.init(); sys.exit(0 if mpsender.get_client().start(10) else 1)", env))
     assert collector.wait_for(lambda c: len(set(c.message_ids())) >= 100, timeout=30)
     assert len(_unique(collector)) == 100
+
+
+def test_hanging_request_shows_in_stats_and_status_while_it_hangs(
+        client_factory, collector: Collector, runtime_dir: str) -> None:
+    """A request the endpoint holds shows in stats() and `mpsender status` while it hangs:
+    how long it has waited and how many events it carries, before request_timeout."""
+    collector.set_faults(Faults(hang=True))
+    client = client_factory(request_timeout=60)
+    assert client.start(wait=10)
+    for i in range(10):
+        client.track("hang", user_id="u", properties={"i": i})
+    assert wait_for(lambda: getattr(client.stats().sender, "in_flight_events", None) == 10,
+                    timeout=10), client.stats()
+    stats = client.stats().sender
+    assert stats.retries == 0 and stats.last_error is None  # nothing else says it hangs
+    assert wait_for(lambda: client.stats().sender.in_flight_for >= 2.5, timeout=10)
+    status = subprocess.run([sys.executable, "-m", "mpsender", "status", "--runtime-dir", runtime_dir],
+                            capture_output=True, text=True, timeout=30, env=app_env(collector.url, runtime_dir))
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"request in flight for [\d.]+s \(10 event\(s\)\)", status.stdout), status.stdout
+    report = json.loads(subprocess.run(
+        [sys.executable, "-m", "mpsender", "status", "--json", "--runtime-dir", runtime_dir],
+        capture_output=True, text=True, timeout=30, env=app_env(collector.url, runtime_dir)).stdout)[0]
+    assert report["in_flight_events"] == 10 and report["in_flight_for"] >= 2.5
 
 
 # --- a killed sender ------------------------------------------------------------------------
