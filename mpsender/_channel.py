@@ -112,6 +112,7 @@ class Channel:
         self.spilled = 0     # written while no sender was connected: waits for the next one
         self.fallback = 0    # sent over the socket because the disk refused the write
         self.dropped: dict[str, int] = {}
+        self._reported: dict[str, int] = {}  # of dropped, what a HELLO already told a sender
 
     # --- fork -----------------------------------------------------------------------
 
@@ -359,10 +360,14 @@ class Channel:
             os.close(lock_fd)
 
     def _hello(self, sock: socket.socket) -> None:
+        # Drops not yet reported go along, so the sender persists them where ops look.
+        counts = dict(self.dropped)
+        news = {k: n - self._reported.get(k, 0) for k, n in counts.items() if n > self._reported.get(k, 0)}
         try:
-            sock.send(msgpack.packb([HELLO, self.pid, list(self._files), __version__]), _MSG_DONTWAIT)
+            sock.send(msgpack.packb([HELLO, self.pid, list(self._files), __version__, news]), _MSG_DONTWAIT)
         except BlockingIOError:
-            pass  # the socket is full: the sender finds the file by scanning the spool
+            return  # the socket is full: the sender finds the file by scanning the spool
+        self._reported.update(counts)
 
     def _drop_socket(self) -> None:
         sock, self._sock = self._sock, None

@@ -38,6 +38,8 @@ _SAVE_EVERY = 5.0
 MAX_MEMORY_EVENTS = 100_000
 MAX_MEMORY_BYTES = 64 * 1024 * 1024
 _PEERCRED = struct.Struct("3i")
+#: a HELLO's drop report is read up to this many reasons (there is one today)
+_MAX_REPORTED_REASONS = 16
 
 
 @dataclass(eq=False)
@@ -248,6 +250,8 @@ class Server:
             conn.client = True
             for name in msg[2]:
                 self.spool.note(name)
+            if len(msg) > 4 and self._count_app_drops(conn, msg[4]):
+                self._save_state()  # a SIGKILL of the sender must not lose this account
             self.uploader.wake()
         elif kind == FLUSH:
             for mark in msg[2]:
@@ -260,6 +264,19 @@ class Server:
         elif kind == STOP:
             self._reply(conn, msg[1], True)
             self._request_exit(f"stop requested by pid {conn.pid}")
+
+    def _count_app_drops(self, conn: _Conn, drops: Any) -> bool:
+        """Add the drops an application reported in its HELLO (events it could hand to
+        no one) to the persisted counters. What is not ``{reason: count}`` is ignored."""
+        if not isinstance(drops, dict):
+            return False
+        counted = False
+        for reason, n in list(drops.items())[:_MAX_REPORTED_REASONS]:
+            if isinstance(reason, str) and 0 < len(reason) <= 64 and type(n) is int and n > 0:
+                self.counters.drop(reason, n)
+                logger.warning("pid %d reports %d event(s) dropped in the application: %s", conn.pid, n, reason)
+                counted = True
+        return counted
 
     def _memory_event(self, data: bytes) -> None:
         spool = self.spool

@@ -9,11 +9,13 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import msgpack
 import psutil
 import pytest
 
@@ -23,7 +25,8 @@ from mpsender._events import pack
 from mpsender._framing import frame
 from mpsender._options import Options
 from mpsender._paths import paths_for
-from support import app_env, check, live_sender_pids, run_app, wait_for
+from mpsender._protocol import HELLO, REPLY, STATS
+from support import REPO, app_env, check, live_sender_pids, run_app, sender_infos, wait_for
 
 FAST_RETRY = {"retry_base": 0.02, "retry_cap": 0.2}
 
@@ -378,6 +381,53 @@ def test_full_disk_and_no_sender_drops_and_counts(collector: Collector, runtime_
     env = app_env(collector.url, runtime_dir, python="/nonexistent/python")
     out = check(run_app(_FULL_DISK_APP, env, args=["0"]))
     assert out.strip() == "False 0 {'spill_failed': 200}", out
+
+
+def test_spill_failed_reaches_the_sender_and_status(collector: Collector, runtime_dir: str) -> None:
+    """Events an app dropped with no disk and no sender are reported when it connects to
+    a sender: counted once in the sender's dropped, state.json and `mpsender status`."""
+    env = app_env(collector.url, runtime_dir, python="/nonexistent/python")
+    code = """
+import resource, signal, sys, mpsender
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))      # the disk refuses every write
+client = mpsender.init(start_timeout=0)
+for i in range(200):
+    mpsender.track("full-disk", user_id="u", properties={"i": i})
+print(dict(client.stats(timeout=0).process.dropped), flush=True)
+sys.stdin.readline()                                   # the test has started a sender
+first = client.stats(timeout=5).sender
+client._channel._drop_socket()                         # reconnect: nothing is reported twice
+second = client.stats(timeout=5).sender
+print(dict(first.dropped), dict(second.dropped))
+"""
+    app = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+    try:
+        assert app.stdout is not None and app.stdin is not None
+        assert app.stdout.readline().strip() == "{'spill_failed': 200}"
+        check(run_app("import mpsender; mpsender.init()", app_env(collector.url, runtime_dir, linger=30)))
+        out, err = app.communicate("go\n", timeout=30)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+    assert app.returncode == 0, err
+    assert out.strip() == "{'spill_failed': 200} {'spill_failed': 200}", (out, err)
+    state = Path(next(iter(sender_infos(runtime_dir)))["spool"]) / "state.json"  # type: ignore[arg-type]
+    assert json.loads(state.read_text())["dropped"] == {"spill_failed": 200}
+    status = subprocess.run([sys.executable, "-m", "mpsender", "status", "--json", "--runtime-dir", runtime_dir],
+                            capture_output=True, text=True, timeout=30, env=env, cwd=str(REPO))
+    assert json.loads(status.stdout)[0]["dropped"] == {"spill_failed": 200}, status
+    # an older client's 4-element HELLO, and a report that is not {reason: count}, count nothing
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.settimeout(10)
+        sock.connect(str(next(iter(sender_infos(runtime_dir)))["socket"]))
+        sock.send(msgpack.packb([HELLO, 1, [], "0.0.1"]))
+        sock.send(msgpack.packb([HELLO, 1, [], "0.0.1", {"spill_failed": -5, "x": "y", "": 3}]))
+        sock.send(msgpack.packb([STATS, 7]))
+        kind, req, answer = msgpack.unpackb(sock.recv(1 << 20))
+    assert (kind, req) == (REPLY, 7) and answer["dropped"] == {"spill_failed": 200}
 
 
 def test_unusable_directories_are_named(tmp_path: Path, collector: Collector) -> None:
