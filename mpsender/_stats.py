@@ -48,10 +48,11 @@ class SenderStats:
     pending_bytes: int
     spool_bytes: int
     #: events lost for good, by reason, total (expired, rejected, oversize, spool_full,
-    #: corrupt, undecodable)
+    #: undecodable, spill_failed reported by application processes; corrupt and truncated
+    #: count regions of the spool, whose events cannot be counted)
     dropped: Mapping[str, int]
     #: trouble that lost no event, total (auth_failures, spool_unavailable,
-    #: refused_connections, hook_errors, bad_frames)
+    #: refused_connections, hook_errors, bad_frames, spool_replaced)
     incidents: Mapping[str, int]
     connections: int
     last_status: int | None

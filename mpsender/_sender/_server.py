@@ -55,6 +55,7 @@ class _Waiter:
     req: int
     marks: list[Any]
     mem_seq: int
+    resyncs: int  # the spool's, when the flush came: how its marks relate to a truncated file
     since: float = field(default_factory=time.monotonic)
 
 
@@ -256,7 +257,7 @@ class Server:
         elif kind == FLUSH:
             for mark in msg[2]:
                 self.spool.note(mark[0])
-            self._waiters.append(_Waiter(conn, msg[1], msg[2], self.spool.mem_in))
+            self._waiters.append(_Waiter(conn, msg[1], msg[2], self.spool.mem_in, self.spool.resyncs))
             self.uploader.urgent = True
             self.uploader.wake()
         elif kind == STATS:
@@ -308,7 +309,7 @@ class Server:
             return
         still = []
         for w in self._waiters:
-            if self.spool.settled(w.marks) and self.spool.mem_committed >= w.mem_seq:
+            if self.spool.settled(w.marks, w.resyncs) and self.spool.mem_committed >= w.mem_seq:
                 self._reply(w.conn, w.req, True)
             else:
                 still.append(w)

@@ -6,6 +6,23 @@ committed offset moves there and is appended to ``commits.log``. A file is delet
 everything in it is committed and its writer has let go of its lock (exited, or moved
 to a new file). A SIGKILLed sender therefore loses nothing: the next one reads from the
 committed offsets again (at-least-once; the message ids let the endpoint dedupe).
+
+Someone else may truncate or replace a file under the sender (logrotate's copytruncate, a
+``> file``, an editor, an operator cleaning up). Neither may lose events silently:
+
+- truncated (the file is now shorter than what was read, or than it was): once what was read
+  from it is settled, it is read again from offset 0, since the truncation point is unknown
+  (what follows it is the writer's new events; a kept prefix is sent again, at-least-once).
+  What had not been read is gone: each truncation counts one region as dropped
+  ``truncated`` (how many events it held cannot be known, as for ``corrupt``; often none).
+- replaced or deleted (the path no longer names the file the sender holds): the writer still
+  appends to the file it holds, so the sender reads that one to its end, until the writer
+  lets go, and then picks up whatever is at the path as a new file from its start. Nothing is
+  lost; it counts the incident ``spool_replaced``. A sender restarted meanwhile cannot reach
+  the old file any more: its unread rest is lost without a count.
+
+A flush that waited across a truncation is answered once what it covered is settled or
+counted (see :meth:`Spool.settled`).
 """
 
 from __future__ import annotations
@@ -165,6 +182,11 @@ class WalFile:
     taken: int = 0           # end of the last record handed out (or dropped)
     outstanding: int = 0     # records handed to the uploader and not yet committed
     synced: int = 0          # size at the last fsync
+    truncated: bool = False  # found shorter than read: read again from 0 once what was read is settled
+    replaced: bool = False   # the path names another file now: drain this one, never delete the path
+    resync: int = 0          # Spool.resyncs when this file was last read again from 0 (0: never)
+    prev_resync: int = 0     # the same for the resync before that one
+    resync_size: int = 0     # its size at the last resync
     buffered: collections.deque[Entry] = field(default_factory=collections.deque)
 
 
@@ -180,6 +202,11 @@ class Spool:
         self.mem_in = 0          # sequence number of the last event received over a socket
         self.mem_committed = 0
         self.mem_bytes = 0
+        #: files read again from 0 after a truncation, so far (the reading thread, under _lock)
+        self.resyncs = 0
+        #: committed size of files drained after they were replaced, by name: a writer's
+        #: later flush naming one is answered from here, not from the file now at the path
+        self._replaced_done: dict[str, int] = {}
         self._commits: dict[str, int] = {}
         self._load_commits()
         self._commit_fd = os.open(os.path.join(directory, _COMMITS),
@@ -224,7 +251,8 @@ class Spool:
         try:
             with open(tmp, "wb") as fh:
                 for wf in self.files.values():
-                    fh.write(msgpack.packb([wf.name, wf.committed]))
+                    if not wf.replaced:  # its offsets are of a file the name no longer names
+                        fh.write(msgpack.packb([wf.name, wf.committed]))
             os.replace(tmp, path)
             os.close(self._commit_fd)
             self._commit_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
@@ -320,6 +348,8 @@ class Spool:
 
     def _fill(self, wf: WalFile) -> bool:
         """Scan the next chunk of ``wf`` into its buffer. False when nothing new is there."""
+        if wf.truncated and not self._resync(wf):
+            return False
         if wf.final and wf.read_pos >= wf.size:
             return False
         try:
@@ -328,6 +358,7 @@ class Spool:
             logger.warning("cannot read %s: %s", wf.path, exc)
             return False
         if not data:
+            self._check_size(wf)  # caught up: a file now shorter than what was read was truncated
             return False
         result = scan(data, final=False)
         if result.incomplete and not result.payloads and self._writer_gone(wf):
@@ -343,6 +374,74 @@ class Spool:
             logger.warning("%s: skipped %d corrupt region(s) after offset %d", wf.name, result.corrupt, base)
         return bool(wf.buffered)
 
+    # --- truncated or replaced under us ------------------------------------------------
+
+    def check_files(self) -> None:
+        """Note every file's size, and notice one truncated or replaced under us
+        (housekeeping, the reading thread, once a second)."""
+        for wf in list(self.files.values()):
+            try:
+                st = os.fstat(wf.fd)
+            except OSError:
+                continue  # gone: finish_files deals with it
+            if not wf.replaced:
+                try:
+                    at_path = os.stat(wf.path)
+                    same = (at_path.st_ino, at_path.st_dev) == (st.st_ino, st.st_dev)
+                except FileNotFoundError:
+                    same = False
+                except OSError:
+                    same = True  # cannot look (permissions): assume it is still ours
+                if not same:
+                    self._replaced(wf)
+            self._observe(wf, st.st_size)
+
+    def _check_size(self, wf: WalFile) -> None:
+        try:
+            size = os.fstat(wf.fd).st_size
+        except OSError:
+            return
+        self._observe(wf, size)
+
+    def _observe(self, wf: WalFile, size: int) -> None:
+        """Record ``size``; a file never shrinks unless someone truncated it."""
+        if not (wf.truncated or wf.replaced) and (size < wf.read_pos or size < wf.size):
+            unread = max(wf.size, wf.read_pos) - wf.read_pos
+            wf.truncated = True
+            self.counters.drop("truncated")
+            logger.warning("%s was truncated under the sender to %d bytes (%d read, at least %d not read "
+                           "yet are lost, counted as one 'truncated' region); reading it again from the "
+                           "start once what was read is delivered", wf.name, size, wf.read_pos, unread)
+        wf.size = size
+
+    def _resync(self, wf: WalFile) -> bool:
+        """Read a truncated file again from 0, once nothing read from it is pending (their
+        offsets are of the old content). False while some is."""
+        with self._lock:
+            if wf.outstanding or wf.buffered:
+                return False
+            try:
+                size = os.fstat(wf.fd).st_size
+            except OSError:
+                size = 0
+            self.resyncs += 1
+            wf.prev_resync, wf.resync = wf.resync, self.resyncs
+            wf.resync_size = size
+            wf.committed = wf.read_pos = wf.taken = wf.synced = 0
+            wf.size = size
+            wf.truncated = False
+            self._log_commit(wf.name, None)  # a sender started after this reads it from 0 too
+        return True
+
+    def _replaced(self, wf: WalFile) -> None:
+        wf.replaced = True
+        self.counters.incident("spool_replaced")
+        with self._lock:
+            self._log_commit(wf.name, None)  # the next file at that path is read from its start
+        logger.warning("%s was replaced or deleted under the sender: reading the file it holds to its end "
+                       "(its writer still appends there), then a file at that path from its start",
+                       wf.name)
+
     def _writer_gone(self, wf: WalFile) -> bool:
         if wf.final:
             return True
@@ -353,10 +452,7 @@ class Spool:
         except OSError:
             return False
         wf.final = True
-        try:
-            wf.size = os.fstat(wf.fd).st_size
-        except OSError:
-            pass  # size stays as last seen; reading goes on until pread returns nothing
+        self._check_size(wf)  # size stays as last seen if it fails; reading goes on until pread returns nothing
         return True
 
     def has_unread(self) -> bool:
@@ -392,22 +488,48 @@ class Spool:
                     end = max(end, wf.taken)  # past records dropped by drop_oldest, too
                 if end > wf.committed:
                     wf.committed = end
-                    self._log_commit(wf.name, end)
+                    if not wf.replaced:
+                        self._log_commit(wf.name, end)
             if mem_top:
                 self.mem_committed = max(self.mem_committed, mem_top)
 
-    def settled(self, marks: list[list[Any]]) -> bool:
-        """Is everything up to these (file, size) marks committed? (flush)"""
+    def settled(self, marks: list[list[Any]], resyncs: int | None = None) -> bool:
+        """Is everything up to these (file, size) marks committed or counted as dropped?
+        (flush; ``resyncs`` is :attr:`resyncs` when the flush arrived, None: now.)
+
+        A writer's size is an offset in the file as it is now. After a truncation the
+        committed offset restarts from 0 and no longer relates to sizes taken before, so:
+        while a truncation is not yet resynced, nothing in that file is settled; a flush
+        that came before the resync covered what was in the file then, which is settled
+        once the file is committed up to its size at the resync (what was lost was counted
+        as ``truncated``); after a second resync all of it is."""
+        seen = self.resyncs if resyncs is None else resyncs
         with self._lock:
             for mark in marks:
                 if not (isinstance(mark, list) and len(mark) == 2):
                     continue
                 name, size = mark
+                if not isinstance(size, int):
+                    continue
                 wf = self.files.get(name)
+                if not (wf is not None and wf.replaced) and size <= self._replaced_done.get(name, -1):
+                    continue  # the writer's own file, drained after it was replaced
                 if wf is None:
                     if isinstance(name, str) and os.path.exists(os.path.join(self.dir, name)):
                         return False  # not discovered yet
                     continue  # deleted: everything in it was settled
+                if wf.truncated:
+                    return False
+                if not wf.replaced:
+                    try:
+                        if os.fstat(wf.fd).st_size < max(wf.committed, wf.read_pos, wf.size):
+                            return False  # truncated, and the reading thread has not noticed yet
+                    except OSError:
+                        pass  # cannot look: the offsets below decide
+                if wf.resync > seen:
+                    if wf.prev_resync > seen:
+                        continue  # resynced twice since: all it covered is delivered or counted
+                    size = min(size, wf.resync_size)
                 if wf.committed < size:
                     return False
         return True
@@ -416,11 +538,15 @@ class Spool:
         """Delete files that are fully committed and whose writer has gone."""
         removed = 0
         for wf in list(self.files.values()):
+            if wf.truncated:
+                continue  # read again first
             try:
                 size = os.fstat(wf.fd).st_size
             except OSError:
                 continue
-            wf.size = size
+            self._observe(wf, size)
+            if wf.truncated:
+                continue
             if wf.committed < size or wf.read_pos < size or wf.buffered:
                 continue
             if not self._writer_gone(wf):
@@ -428,6 +554,13 @@ class Spool:
             with self._lock:
                 if os.fstat(wf.fd).st_size != wf.committed or wf.outstanding:
                     continue  # a last write landed before the writer let go
+                if wf.replaced:
+                    # the path names another file now (or none): keep it, it is read next
+                    self._replaced_done[wf.name] = wf.committed
+                    del self.files[wf.name]
+                    os.close(wf.fd)
+                    removed += 1
+                    continue
                 try:
                     os.unlink(wf.path)
                 except OSError as exc:
@@ -471,7 +604,8 @@ class Spool:
             with self._lock:
                 if wf.outstanding == 0 and wf.taken > wf.committed:
                     wf.committed = wf.taken
-                    self._log_commit(wf.name, wf.committed)
+                    if not wf.replaced:
+                        self._log_commit(wf.name, wf.committed)
             if excess <= 0:
                 break
         return dropped

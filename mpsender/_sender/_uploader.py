@@ -208,11 +208,7 @@ class Uploader(threading.Thread):
         spool = self.spool
         spool.discover()
         spool.finish_files()
-        for wf in list(spool.files.values()):
-            try:
-                wf.size = os.fstat(wf.fd).st_size
-            except OSError:
-                continue  # gone: finish_files deals with it
+        spool.check_files()  # sizes, and files truncated or replaced under us
         excess = spool.unread_bytes() - self.options.max_spool_bytes
         if excess > 0:
             n = spool.drop_oldest(excess)

@@ -303,6 +303,73 @@ def test_replay_skips_garbage_and_counts_it(client_factory, collector: Collector
     assert wait_for(lambda: not (paths.spool / "99999-deadbeef-0.wal").exists(), timeout=10)
 
 
+def _wal_of(client: mpsender.Client) -> Path:
+    (wal,) = client.paths.spool.glob("*.wal")
+    return wal
+
+
+def test_truncated_spool_file_is_read_again_and_the_loss_counted(
+        client_factory, collector: Collector, runtime_dir: str) -> None:
+    """A .wal truncated under the sender while its events wait for the endpoint: what the
+    sender had read and what the app tracks after it are delivered, flush() is True only
+    once they are, and the loss is counted as 'truncated' in stats(), state.json and status."""
+    collector.set_faults(Faults(status=503))
+    client = client_factory(batch_size=50, **FAST_RETRY)
+    assert client.start(wait=10)
+    for i in range(2000):  # past one read chunk: some is not read when the file is cut
+        client.track("before", user_id="u", properties={"i": i, "pad": "x" * 200})
+    assert collector.wait_for(lambda c: len(c.requests()) >= 2, timeout=10)  # read, and held
+    os.truncate(_wal_of(client), 0)
+    for i in range(100):
+        client.track("after", user_id="u", properties={"i": i})
+    assert wait_for(lambda: client.stats().sender.dropped.get("truncated") == 1, timeout=10), client.stats()
+    collector.set_faults(Faults())
+    assert client.flush(timeout=30)
+    after = {e["properties"]["i"] for e in collector.events() if e["event"] == "after"}
+    assert after == set(range(100))  # nothing tracked after the truncation is missing
+    before = {e["properties"]["i"] for e in collector.events() if e["event"] == "before"}
+    assert before and before <= set(range(2000))  # what had been read was not dropped
+    sender = client.stats().sender
+    assert sender.dropped == {"truncated": 1}, sender
+    state = client.paths.spool / "state.json"
+    assert wait_for(lambda: json.loads(state.read_text())["dropped"] == {"truncated": 1}, timeout=10)
+    status = subprocess.run([sys.executable, "-m", "mpsender", "status", "--json", "--runtime-dir", runtime_dir],
+                            capture_output=True, text=True, timeout=30, cwd=str(REPO),
+                            env=app_env(collector.url, runtime_dir))
+    assert json.loads(status.stdout)[0]["dropped"] == {"truncated": 1}, status
+    client.track("later", user_id="u")
+    assert client.flush(timeout=10) and "later" in {e["event"] for e in collector.events()}
+
+
+def test_replaced_spool_file_is_drained_then_the_new_one_read(
+        client_factory, collector: Collector) -> None:
+    """A .wal renamed over under the sender: the writer's events, before and after, come
+    from the file it holds, then the file now at that path is read from its start (not
+    deleted); counted as the incident spool_replaced, nothing dropped."""
+    client = client_factory()
+    assert client.start(wait=10)
+    for i in range(20):
+        client.track("before", user_id="u", properties={"i": i})
+    assert client.flush(timeout=10)
+    wal = _wal_of(client)
+    other = wal.with_name(".replacement.tmp")
+    other.write_bytes(b"".join(frame(pack({"t": "track", "e": "replacement", "u": "u", "m": os.urandom(16),
+                                           "ts": time.time(), "p": {"i": i}})) for i in range(5)))
+    os.replace(other, wal)
+    for i in range(20):
+        client.track("after", user_id="u", properties={"i": i})
+    assert client.flush(timeout=10)
+    assert wait_for(lambda: client.stats().sender.incidents.get("spool_replaced") == 1, timeout=10)
+    assert not client.stats().sender.dropped
+    assert client.shutdown(timeout=10)  # the writer lets go of the file it holds
+    assert collector.wait_for(lambda c: c.count() >= 45, timeout=15), [e["event"] for e in collector.events()]
+    by_name: dict[str, set[int]] = {}
+    for e in collector.events():
+        by_name.setdefault(e["event"], set()).add(e["properties"]["i"])
+    assert by_name == {"before": set(range(20)), "after": set(range(20)), "replacement": set(range(5))}
+    assert wait_for(lambda: not wal.exists(), timeout=10)  # delivered, then deleted as usual
+
+
 # --- bounds, expiry, persisted counters -------------------------------------------------------
 
 def test_spool_bound_drops_oldest_and_counts_it(client_factory, collector: Collector, tmp_path: Path) -> None:
