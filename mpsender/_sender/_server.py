@@ -22,6 +22,7 @@ from typing import Any
 
 import msgpack
 
+from .._lograte import Throttle
 from .._options import Options
 from .._protocol import FLUSH, HELLO, MAX_CONTROL, REPLY, STATS, STOP, WAKE
 from .._version import __version__
@@ -29,6 +30,7 @@ from ._spool import Counters, Spool
 from ._uploader import Uploader
 
 logger = logging.getLogger(__name__)
+_throttle = Throttle(logger)  # what each connection or pass of the loop can meet again
 
 _STATE = "state.json"
 _SAVE_EVERY = 5.0
@@ -129,7 +131,7 @@ class Server:
                     else:
                         self._read(key.data)
                 except Exception:  # noqa: BLE001 - one bad client must not stop the sender
-                    logger.exception("error while serving a connection")
+                    _throttle.error("serve", "error while serving a connection", exc_info=True)
             self._count_unjournaled()
             self._check_waiters()
             self._backpressure()
@@ -191,8 +193,8 @@ class Server:
                 return
             pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
             if uid != os.getuid():
-                logger.warning("refused a connection from uid %d (pid %d): only uid %d may send here",
-                               uid, pid, os.getuid())
+                _throttle.warning("uid", "refused a connection from uid %d (pid %d): only uid %d may send here",
+                                  uid, pid, os.getuid())
                 self.counters.incident("refused_connections")
                 sock.close()
                 continue
@@ -275,7 +277,8 @@ class Server:
         for reason, n in list(drops.items())[:_MAX_REPORTED_REASONS]:
             if isinstance(reason, str) and 0 < len(reason) <= 64 and type(n) is int and n > 0:
                 self.counters.drop(reason, n)
-                logger.warning("pid %d reports %d event(s) dropped in the application: %s", conn.pid, n, reason)
+                _throttle.warning("app-drops", "pid %d reports %d event(s) dropped in the application: %s",
+                                  conn.pid, n, reason)
                 counted = True
         return counted
 
@@ -368,7 +371,7 @@ class Server:
                 json.dump(state, fh)
             os.replace(path + ".tmp", path)
         except OSError as exc:
-            logger.warning("cannot save counters to %s: %s", path, exc)
+            _throttle.warning("save", "cannot save counters to %s: %s", path, exc)
 
     # --- exit ---------------------------------------------------------------------------------
 

@@ -38,9 +38,11 @@ from typing import Any
 import msgpack
 
 from .._framing import scan
+from .._lograte import Throttle
 from .._wire import format_message_id
 
 logger = logging.getLogger(__name__)
+_throttle = Throttle(logger)  # warnings a pass of the reading loop can meet every time
 
 CHUNK = 256 * 1024
 _COMMITS = "commits.log"
@@ -239,7 +241,7 @@ class Spool:
             os.write(self._commit_fd, data)
         except OSError as exc:
             self.counters.incident("spool_unavailable")
-            logger.warning("cannot write commits.log: %s; a restart would send some events again", exc)
+            _throttle.warning("commits", "cannot write commits.log: %s; a restart would send some events again", exc)
             return
         self._commit_log_size += len(data)
         if self._commit_log_size > _COMPACT_AT:
@@ -258,7 +260,7 @@ class Spool:
             self._commit_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             self._commit_log_size = os.fstat(self._commit_fd).st_size
         except OSError as exc:
-            logger.warning("cannot compact commits.log: %s", exc)
+            _throttle.warning("compact", "cannot compact commits.log: %s", exc)
 
     # --- discovery ---------------------------------------------------------------------
 
@@ -267,7 +269,7 @@ class Spool:
         try:
             names = [e.name for e in os.scandir(self.dir) if e.name.endswith(".wal")]
         except OSError as exc:
-            logger.warning("cannot list the spool %s: %s", self.dir, exc)
+            _throttle.warning("list", "cannot list the spool %s: %s", self.dir, exc)
             return 0
         added = 0
         for name in names:
@@ -355,7 +357,7 @@ class Spool:
         try:
             data = os.pread(wf.fd, CHUNK, wf.read_pos)
         except OSError as exc:
-            logger.warning("cannot read %s: %s", wf.path, exc)
+            _throttle.warning("read", "cannot read %s: %s", wf.path, exc)
             return False
         if not data:
             self._check_size(wf)  # caught up: a file now shorter than what was read was truncated
@@ -371,7 +373,8 @@ class Spool:
         wf.read_pos = base + result.consumed
         if result.corrupt:
             self.counters.drop("corrupt", result.corrupt)  # marks the counters for a save
-            logger.warning("%s: skipped %d corrupt region(s) after offset %d", wf.name, result.corrupt, base)
+            _throttle.warning("corrupt", "%s: skipped %d corrupt region(s) after offset %d",
+                              wf.name, result.corrupt, base)
         return bool(wf.buffered)
 
     # --- truncated or replaced under us ------------------------------------------------
@@ -409,7 +412,7 @@ class Spool:
             unread = max(wf.size, wf.read_pos) - wf.read_pos
             wf.truncated = True
             self.counters.drop("truncated")
-            logger.warning("%s was truncated under the sender to %d bytes (%d read, at least %d not read "
+            _throttle.warning("truncated", "%s was truncated under the sender to %d bytes (%d read, at least %d not read "
                            "yet are lost, counted as one 'truncated' region); reading it again from the "
                            "start once what was read is delivered", wf.name, size, wf.read_pos, unread)
         wf.size = size
@@ -438,7 +441,7 @@ class Spool:
         self.counters.incident("spool_replaced")
         with self._lock:
             self._log_commit(wf.name, None)  # the next file at that path is read from its start
-        logger.warning("%s was replaced or deleted under the sender: reading the file it holds to its end "
+        _throttle.warning("replaced", "%s was replaced or deleted under the sender: reading the file it holds to its end "
                        "(its writer still appends there), then a file at that path from its start",
                        wf.name)
 
@@ -564,7 +567,7 @@ class Spool:
                 try:
                     os.unlink(wf.path)
                 except OSError as exc:
-                    logger.warning("cannot delete %s: %s", wf.path, exc)
+                    _throttle.warning("delete", "cannot delete %s: %s", wf.path, exc)
                     continue
                 del self.files[wf.name]
                 os.close(wf.fd)
@@ -619,7 +622,7 @@ class Spool:
                     os.fsync(wf.fd)
                     wf.synced = size
             except OSError as exc:
-                logger.warning("fsync %s: %s", wf.path, exc)
+                _throttle.warning("fsync", "fsync %s: %s", wf.path, exc)
 
     def close(self) -> None:
         for wf in list(self.files.values()):

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 
 from .._events import unpack
+from .._lograte import Throttle
 from .._options import Options
 from .._retry import (
     RateLimit,
@@ -39,6 +40,7 @@ from .._wire import format_timestamp, get_encoder, gzip_compress
 from ._spool import Counters, Entry, Spool
 
 logger = logging.getLogger(__name__)
+_throttle = Throttle(logger)  # warnings every batch or housekeeping pass can meet
 
 #: how often the uploader looks for new files, enforces the disk bound, deletes
 HOUSEKEEPING = 1.0
@@ -196,7 +198,7 @@ class Uploader(threading.Thread):
                         self._save_state()  # loss accounting survives even a SIGKILL
                     break
                 except Exception:  # noqa: BLE001 - logged, and the same batch is tried again
-                    logger.exception("delivering a batch failed; trying it again")
+                    _throttle.error("deliver", "delivering a batch failed; trying it again", exc_info=True)
                     if self._interruptible_wait(1.0) and self._time_left(default=1.0) == 0:
                         abandoned = True
                         break
@@ -214,7 +216,7 @@ class Uploader(threading.Thread):
             n = spool.drop_oldest(excess)
             if n:
                 self.counters.drop("spool_full", n)
-                logger.warning("spool over max_spool_bytes: dropped the %d oldest events", n)
+                _throttle.warning("spool_full", "spool over max_spool_bytes: dropped the %d oldest events", n)
         if self.options.fsync_interval is not None and now >= self._next_fsync:
             self._next_fsync = now + self.options.fsync_interval
             spool.fsync()
@@ -478,8 +480,8 @@ class Uploader(threading.Thread):
             finally:
                 os.close(fd)
         except OSError as exc:
-            logger.error("cannot write the dead-letter file %s: %s", self._deadletter_path, exc)
-        logger.warning("%d event(s) refused by the endpoint (HTTP %s): %s; see %s",
+            _throttle.error("deadletter", "cannot write the dead-letter file %s: %s", self._deadletter_path, exc)
+        _throttle.warning("refused", "%d event(s) refused by the endpoint (HTTP %s): %s; see %s",
                        len(events), status, body[:200], self._deadletter_path)
 
     def _report(self, events: list[Entry], status: int | None, error: str | None, *,
@@ -505,7 +507,7 @@ class Uploader(threading.Thread):
             fn(outcome)
         except Exception:  # noqa: BLE001 - a user's hook must not stop delivery
             self.counters.incident("hook_errors")
-            logger.exception("%s hook raised; delivery goes on", name)
+            _throttle.error(f"hook-{name}", "%s hook raised; delivery goes on", name, exc_info=True)
 
 
 def _load_hook(path: str | None, name: str) -> Callable[[dict[str, Any]], Any] | None:

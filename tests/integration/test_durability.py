@@ -393,6 +393,23 @@ def test_spool_bound_drops_oldest_and_counts_it(client_factory, collector: Colle
         back.stop()
 
 
+def test_a_warning_repeated_every_second_is_logged_once(client_factory, collector: Collector) -> None:
+    """The endpoint down and the spool over its bound in three housekeeping passes in a
+    row: sender.log has the spool_full warning once, the counter has all three drops."""
+    client = client_factory(max_spool_bytes=20_000, batch_size=10, **FAST_RETRY)
+    assert client.start(wait=10)
+    collector.stop()
+    dropped = 0
+    for _ in range(3):  # each round needs a new pass of housekeeping to drop what it added
+        for i in range(300):
+            client.track("bounded", user_id="u", properties={"i": i, "pad": "x" * 60})
+        before = dropped
+        assert wait_for(lambda: client.stats().sender.dropped.get("spool_full", 0) > before, timeout=10)
+        dropped = client.stats().sender.dropped["spool_full"]
+    log = client.paths.log.read_text()
+    assert log.count("spool over max_spool_bytes") == 1, log
+
+
 def test_expired_events_are_dropped_and_the_count_survives_a_restart(
         client_factory, collector: Collector) -> None:
     """An event older than max_event_age is dropped as expired; the counter is persisted
