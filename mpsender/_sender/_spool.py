@@ -412,9 +412,10 @@ class Spool:
             unread = max(wf.size, wf.read_pos) - wf.read_pos
             wf.truncated = True
             self.counters.drop("truncated")
-            _throttle.warning("truncated", "%s was truncated under the sender to %d bytes (%d read, at least %d not read "
-                           "yet are lost, counted as one 'truncated' region); reading it again from the "
-                           "start once what was read is delivered", wf.name, size, wf.read_pos, unread)
+            _throttle.warning("truncated", "%s was truncated under the sender to %d bytes after %d were read: "
+                              "at least %d bytes not read yet are lost (counted as one 'truncated' region); "
+                              "reading it again from the start once what was read is settled",
+                              wf.name, size, wf.read_pos, unread)
         wf.size = size
 
     def _resync(self, wf: WalFile) -> bool:
@@ -441,9 +442,9 @@ class Spool:
         self.counters.incident("spool_replaced")
         with self._lock:
             self._log_commit(wf.name, None)  # the next file at that path is read from its start
-        _throttle.warning("replaced", "%s was replaced or deleted under the sender: reading the file it holds to its end "
-                       "(its writer still appends there), then a file at that path from its start",
-                       wf.name)
+        _throttle.warning("replaced", "%s was replaced or deleted under the sender: reading the file it "
+                          "holds to its end (its writer still appends there), then a file at that path "
+                          "from its start", wf.name)
 
     def _writer_gone(self, wf: WalFile) -> bool:
         if wf.final:
@@ -464,6 +465,8 @@ class Spool:
         for wf in list(self.files.values()):
             if wf.buffered:
                 return True
+            if wf.truncated:
+                continue  # nothing to read before what was read from it commits: do not spin
             try:
                 if os.fstat(wf.fd).st_size > wf.read_pos:
                     return True
