@@ -58,10 +58,11 @@ class SenderLink:
     """
 
     def __init__(self, options: Options, paths: Paths, files: Callable[[], list[str]],
-                 warn_once: Callable[..., None]) -> None:
+                 drops: Callable[[], dict[str, int]], warn_once: Callable[..., None]) -> None:
         self._options = options
         self._paths = paths
         self._files = files  # this process's write-ahead files, for HELLO
+        self._drops = drops  # events this process lost, by reason, for HELLO
         self._warn_once = warn_once
         self.bell: mmap.mmap | None = None
         self._reset()
@@ -73,6 +74,7 @@ class SenderLink:
         self._next_spawn = 0.0
         self._spawns = 0  # sender starts since this process last connected
         self._req = itertools.count(1)
+        self._reported: dict[str, int] = {}  # of the drops, what a HELLO already told a sender
 
     def after_fork(self) -> None:
         """In a fork child: let go of the parent's connection (the child's copy only)."""
@@ -184,10 +186,15 @@ class SenderLink:
                 self._hello(sock)
 
     def _hello(self, sock: socket.socket) -> None:
+        # Drops not yet reported go along, so the sender persists them where ops look.
+        counts = dict(self._drops())
+        reported = self._reported
+        news = {k: n - reported.get(k, 0) for k, n in counts.items() if n > reported.get(k, 0)}
         try:
-            sock.send(msgpack.packb([HELLO, os.getpid(), self._files(), __version__]), _MSG_DONTWAIT)
+            sock.send(msgpack.packb([HELLO, os.getpid(), self._files(), __version__, news]), _MSG_DONTWAIT)
         except BlockingIOError:
-            pass  # the socket is full: the sender finds the file by scanning the spool
+            return  # the socket is full: the sender finds the file by scanning the spool
+        reported.update(counts)
 
     def _drop(self, sock: socket.socket) -> None:
         """Forget ``sock`` if it is still our connection (another thread may have made a

@@ -3,19 +3,27 @@
 An application process writes events to its own write-ahead file (see ``_wal``); the
 connection carries everything else, one msgpack array per SEQPACKET message:
 
-====================================  =============================================
-app -> sender                          meaning
-====================================  =============================================
-``[HELLO, pid, [wal names], version]``  here I am; these are my write-ahead files
-``[WAKE]``                             new data in my file, and the doorbell said you sleep
-``[FLUSH, req, [[name, size], ...]]``  answer when everything up to these sizes is settled
-``[STATS, req]``                       answer with your counters
-``[STOP, req]``                        drain and exit (the CLI's ``mpsender stop``)
-a msgpack map                          an event, sent here only when the disk refused it
-====================================  =============================================
+==============================================  =============================================
+app -> sender                                    meaning
+==============================================  =============================================
+``[HELLO, pid, [wal names], version, drops]``    here I am; these are my write-ahead files;
+                                                 ``drops`` ``{reason: n}``: events this
+                                                 process lost (``spill_failed``) since its
+                                                 last HELLO, added to the sender's persisted
+                                                 ``dropped``. Optional: a 4-element HELLO
+                                                 (older clients) reports none
+``[WAKE]``                                       new data in my file, and the doorbell said you sleep
+``[FLUSH, req, [[name, size], ...]]``            answer when everything up to these sizes is settled
+``[STATS, req]``                                 answer with your counters
+``[STOP, req]``                                  drain and exit (the CLI's ``mpsender stop``)
+a msgpack map                                    an event, sent here only when the disk refused it
+==============================================  =============================================
 
-The sender answers ``[REPLY, req, payload]``. :func:`connect` and :func:`request` are the
-one client of this protocol: the application side (``_link``) and the CLI both use them.
+The sender answers ``[REPLY, req, payload]``. A HELLO is sent at each (re)connection and when
+a process opens a new file; the drops it carries are counted once (the process remembers
+what it reported), so an event a process could hand to no sender is still counted by one. :func:`connect` and
+:func:`request` are the one client of this protocol: the application side (``_link``) and
+the CLI both use them.
 """
 
 from __future__ import annotations

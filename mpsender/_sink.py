@@ -75,7 +75,8 @@ class SenderSink:
         self.paths = paths
         self._warned: set[str] = set()
         self._wal = WalWriter(paths, self._warn_once, self._announce)
-        self._link = SenderLink(options, paths, lambda: list(self._wal.files), self._warn_once)
+        self._link = SenderLink(options, paths, lambda: list(self._wal.files),
+                                lambda: self._counts.dropped, self._warn_once)
         self._counts = SinkCounters()
         self._next_check = 0.0
 

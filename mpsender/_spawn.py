@@ -18,10 +18,12 @@ import time
 
 import msgpack
 
+from ._lograte import Throttle
 from ._options import Options
 from ._paths import Paths
 
 logger = logging.getLogger(__name__)
+_throttle = Throttle(logger)  # a sender that will not start fails at every attempt
 
 __all__ = ["find_python", "spawn_sender"]
 
@@ -92,7 +94,7 @@ def spawn_sender(options: Options, paths: Paths, lock_fd: int, *, wait: float) -
         proc.stdin.write(config)
         proc.stdin.close()
     except OSError:
-        logger.warning("the sender exited before it read its configuration; see %s", paths.log)
+        _throttle.warning("spawn", "the sender exited before it read its configuration; see %s", paths.log)
         return False
     if wait <= 0:
         _reap_later.append(proc)
@@ -104,13 +106,13 @@ def spawn_sender(options: Options, paths: Paths, lock_fd: int, *, wait: float) -
         while b"\n" not in ready:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                logger.warning("the sender did not listen within %.1fs; see %s", wait, paths.log)
+                _throttle.warning("spawn", "the sender did not listen within %.1fs; see %s", wait, paths.log)
                 return False
             readable, _, _ = select.select([proc.stdout], [], [], remaining)
             if readable:
                 chunk = os.read(proc.stdout.fileno(), 64)
                 if not chunk:
-                    logger.warning("the sender exited at start; see %s", paths.log)
+                    _throttle.warning("spawn", "the sender exited at start; see %s", paths.log)
                     return False
                 ready += chunk
         return ready.startswith(b"ready")

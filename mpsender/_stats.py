@@ -48,16 +48,22 @@ class SenderStats:
     pending_bytes: int
     spool_bytes: int
     #: events lost for good, by reason, total (expired, rejected, oversize, spool_full,
-    #: corrupt, undecodable)
+    #: undecodable, spill_failed reported by application processes; corrupt and truncated
+    #: count regions of the spool, whose events cannot be counted)
     dropped: Mapping[str, int]
     #: trouble that lost no event, total (auth_failures, spool_unavailable,
-    #: refused_connections, hook_errors, bad_frames)
+    #: refused_connections, hook_errors, bad_frames, spool_replaced)
     incidents: Mapping[str, int]
     connections: int
     last_status: int | None
     last_error: str | None
     #: seconds until the endpoint's Retry-After expires (0: none)
     rate_limited_for: float
+    #: seconds the request now in flight has waited for its answer (0: none in flight); a
+    #: hanging endpoint shows here while it hangs (an older sender reports none)
+    in_flight_for: float = 0.0
+    #: events the request now in flight carries (0: none in flight)
+    in_flight_events: int = 0
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -14,6 +14,11 @@ from . import _common as c
 from ._runtime import ControlError, Destination, destinations, sender_stats
 from ._spoolfiles import pending_events, wal_files
 
+#: a request waiting longer than this for its answer is shown as in flight: a normal one
+#: takes milliseconds, and a hanging endpoint would otherwise show nothing until
+#: request_timeout makes it a retry
+IN_FLIGHT_NOTE = 2.0
+
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
@@ -123,7 +128,7 @@ def report(d: Destination, answer: dict[str, Any] | str) -> dict[str, Any]:
         out["answering"] = True
         for key in ("received", "uploaded", "batches", "requests", "retries", "pending", "pending_bytes",
                     "spool_bytes", "files", "connections", "last_status", "last_error", "rate_limited_for",
-                    "route"):
+                    "route", "in_flight_for", "in_flight_events"):
             out[key] = answer.get(key)
         out["dropped"] = dict(answer.get("dropped") or {})
         out["incidents"] = dict(answer.get("incidents") or {})  # trouble that lost nothing
@@ -177,6 +182,10 @@ def render(reports: list[dict[str, Any]], out: Any) -> None:
                 last = f"{last} {r['last_error']}".strip()
             if r["rate_limited_for"]:
                 last += f" · rate limited for {c.duration(r['rate_limited_for'])}"
+            waited = r.get("in_flight_for") or 0.0
+            if waited >= IN_FLIGHT_NOTE:
+                last += (f" · request in flight for {c.duration(waited)}"
+                         f" ({c.count(r.get('in_flight_events') or 0)} event(s))")
             out.write(f"  endpoint  last answer {last}\n")
             if r.get("route"):  # proxies: where requests go, credentials masked
                 out.write(f"  route     {r['route']}\n")

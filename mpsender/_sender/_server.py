@@ -22,6 +22,7 @@ from typing import Any
 
 import msgpack
 
+from .._lograte import Throttle
 from .._options import Options
 from .._protocol import FLUSH, HELLO, MAX_CONTROL, REPLY, STATS, STOP, WAKE
 from .._version import __version__
@@ -29,6 +30,7 @@ from ._spool import Counters, Spool
 from ._uploader import Uploader
 
 logger = logging.getLogger(__name__)
+_throttle = Throttle(logger)  # what each connection or pass of the loop can meet again
 
 _STATE = "state.json"
 _SAVE_EVERY = 5.0
@@ -38,6 +40,8 @@ _SAVE_EVERY = 5.0
 MAX_MEMORY_EVENTS = 100_000
 MAX_MEMORY_BYTES = 64 * 1024 * 1024
 _PEERCRED = struct.Struct("3i")
+#: a HELLO's drop report is read up to this many reasons (there is one today)
+_MAX_REPORTED_REASONS = 16
 
 
 @dataclass(eq=False)
@@ -53,6 +57,7 @@ class _Waiter:
     req: int
     marks: list[Any]
     mem_seq: int
+    resyncs: int  # the spool's, when the flush came: how its marks relate to a truncated file
     since: float = field(default_factory=time.monotonic)
 
 
@@ -126,7 +131,7 @@ class Server:
                     else:
                         self._read(key.data)
                 except Exception:  # noqa: BLE001 - one bad client must not stop the sender
-                    logger.exception("error while serving a connection")
+                    _throttle.error("serve", "error while serving a connection", exc_info=True)
             self._count_unspooled()
             self._check_waiters()
             self._backpressure()
@@ -188,8 +193,8 @@ class Server:
                 return
             pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
             if uid != os.getuid():
-                logger.warning("refused a connection from uid %d (pid %d): only uid %d may send here",
-                               uid, pid, os.getuid())
+                _throttle.warning("uid", "refused a connection from uid %d (pid %d): only uid %d may send here",
+                                  uid, pid, os.getuid())
                 self.counters.incident("refused_connections")
                 sock.close()
                 continue
@@ -248,11 +253,13 @@ class Server:
             conn.client = True
             for name in msg[2]:
                 self.spool.note(name)
+            if len(msg) > 4 and self._count_app_drops(conn, msg[4]):
+                self._save_state()  # a SIGKILL of the sender must not lose this account
             self.uploader.wake()
         elif kind == FLUSH:
             for mark in msg[2]:
                 self.spool.note(mark[0])
-            self._waiters.append(_Waiter(conn, msg[1], msg[2], self.spool.mem_in))
+            self._waiters.append(_Waiter(conn, msg[1], msg[2], self.spool.mem_in, self.spool.resyncs))
             self.uploader.urgent = True
             self.uploader.wake()
         elif kind == STATS:
@@ -260,6 +267,20 @@ class Server:
         elif kind == STOP:
             self._reply(conn, msg[1], True)
             self._request_exit(f"stop requested by pid {conn.pid}")
+
+    def _count_app_drops(self, conn: _Conn, drops: Any) -> bool:
+        """Add the drops an application reported in its HELLO (events it could hand to
+        no one) to the persisted counters. What is not ``{reason: count}`` is ignored."""
+        if not isinstance(drops, dict):
+            return False
+        counted = False
+        for reason, n in list(drops.items())[:_MAX_REPORTED_REASONS]:
+            if isinstance(reason, str) and 0 < len(reason) <= 64 and type(n) is int and n > 0:
+                self.counters.drop(reason, n)
+                _throttle.warning("app-drops", "pid %d reports %d event(s) dropped in the application: %s",
+                                  conn.pid, n, reason)
+                counted = True
+        return counted
 
     def _memory_event(self, data: bytes) -> None:
         spool = self.spool
@@ -290,7 +311,7 @@ class Server:
             return
         still = []
         for w in self._waiters:
-            if self.spool.settled(w.marks) and self.spool.mem_committed >= w.mem_seq:
+            if self.spool.settled(w.marks, w.resyncs) and self.spool.mem_committed >= w.mem_seq:
                 self._reply(w.conn, w.req, True)
             else:
                 still.append(w)
@@ -306,6 +327,7 @@ class Server:
         dropped = dict(c.dropped)
         incidents = dict(c.incidents)
         pending_bytes = spool.pending_bytes()
+        in_flight_for, in_flight_events = self.uploader.in_flight_now(time.monotonic())
         return {
             "pid": os.getpid(), "started_at": self.started_at, "uptime": time.time() - self.started_at,
             "received": c.received, "uploaded": c.uploaded, "batches": c.batches,
@@ -319,6 +341,7 @@ class Server:
             "connections": self._clients(), "last_status": c.last_status, "last_error": c.last_error,
             "rate_limited_for": self.uploader.rate_limit.remaining(time.monotonic()),
             "route": self.uploader.route,
+            "in_flight_for": in_flight_for, "in_flight_events": in_flight_events,
             "destination": self.options.redacted_endpoint(), "version": __version__,
             "spool": spool.dir, "files": len(spool.files),
         }
@@ -348,7 +371,7 @@ class Server:
                 json.dump(state, fh)
             os.replace(path + ".tmp", path)
         except OSError as exc:
-            logger.warning("cannot save counters to %s: %s", path, exc)
+            _throttle.warning("save", "cannot save counters to %s: %s", path, exc)
 
     # --- exit ---------------------------------------------------------------------------------
 

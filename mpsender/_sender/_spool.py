@@ -6,6 +6,23 @@ committed offset moves there and is appended to ``commits.log``. A file is delet
 everything in it is committed and its writer has let go of its lock (exited, or moved
 to a new file). A SIGKILLed sender therefore loses nothing: the next one reads from the
 committed offsets again (at-least-once; the message ids let the endpoint dedupe).
+
+Someone else may truncate or replace a file under the sender (logrotate's copytruncate, a
+``> file``, an editor, an operator cleaning up). Neither may lose events silently:
+
+- truncated (the file is now shorter than what was read, or than it was): once what was read
+  from it is settled, it is read again from offset 0, since the truncation point is unknown
+  (what follows it is the writer's new events; a kept prefix is sent again, at-least-once).
+  What had not been read is gone: each truncation counts one region as dropped
+  ``truncated`` (how many events it held cannot be known, as for ``corrupt``; often none).
+- replaced or deleted (the path no longer names the file the sender holds): the writer still
+  appends to the file it holds, so the sender reads that one to its end, until the writer
+  lets go, and then picks up whatever is at the path as a new file from its start. Nothing is
+  lost; it counts the incident ``spool_replaced``. A sender restarted meanwhile cannot reach
+  the old file any more: its unread rest is lost without a count.
+
+A flush that waited across a truncation is answered once what it covered is settled or
+counted (see :meth:`Spool.settled`).
 """
 
 from __future__ import annotations
@@ -21,9 +38,11 @@ from typing import Any
 import msgpack
 
 from .._framing import scan
+from .._lograte import Throttle
 from .._wire import format_message_id
 
 logger = logging.getLogger(__name__)
+_throttle = Throttle(logger)  # warnings a pass of the reading loop can meet every time
 
 CHUNK = 256 * 1024
 _COMMITS = "commits.log"
@@ -165,6 +184,11 @@ class WalFile:
     taken: int = 0           # end of the last record handed out (or dropped)
     outstanding: int = 0     # records handed to the uploader and not yet committed
     synced: int = 0          # size at the last fsync
+    truncated: bool = False  # found shorter than read: read again from 0 once what was read is settled
+    replaced: bool = False   # the path names another file now: drain this one, never delete the path
+    resync: int = 0          # Spool.resyncs when this file was last read again from 0 (0: never)
+    prev_resync: int = 0     # the same for the resync before that one
+    resync_size: int = 0     # its size at the last resync
     buffered: collections.deque[Entry] = field(default_factory=collections.deque)
 
 
@@ -180,6 +204,11 @@ class Spool:
         self.mem_in = 0          # sequence number of the last event received over a socket
         self.mem_committed = 0
         self.mem_bytes = 0
+        #: files read again from 0 after a truncation, so far (the reading thread, under _lock)
+        self.resyncs = 0
+        #: committed size of files drained after they were replaced, by name: a writer's
+        #: later flush naming one is answered from here, not from the file now at the path
+        self._replaced_done: dict[str, int] = {}
         self._commits: dict[str, int] = {}
         #: the spool directory this sender owns: one made again under the same name (the
         #: old one deleted by a /tmp cleaner) belongs to the sender started for it
@@ -216,7 +245,7 @@ class Spool:
             os.write(self._commit_fd, data)
         except OSError as exc:
             self.counters.incident("spool_unavailable")
-            logger.warning("cannot write commits.log: %s; a restart would send some events again", exc)
+            _throttle.warning("commits", "cannot write commits.log: %s; a restart would send some events again", exc)
             return
         self._commit_log_size += len(data)
         if self._commit_log_size > _COMPACT_AT:
@@ -228,13 +257,14 @@ class Spool:
         try:
             with open(tmp, "wb") as fh:
                 for wf in self.files.values():
-                    fh.write(msgpack.packb([wf.name, wf.committed]))
+                    if not wf.replaced:  # its offsets are of a file the name no longer names
+                        fh.write(msgpack.packb([wf.name, wf.committed]))
             os.replace(tmp, path)
             os.close(self._commit_fd)
             self._commit_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             self._commit_log_size = os.fstat(self._commit_fd).st_size
         except OSError as exc:
-            logger.warning("cannot compact commits.log: %s", exc)
+            _throttle.warning("compact", "cannot compact commits.log: %s", exc)
 
     # --- discovery ---------------------------------------------------------------------
 
@@ -250,7 +280,7 @@ class Spool:
         try:
             names = [e.name for e in os.scandir(self.dir) if e.name.endswith(".wal")]
         except OSError as exc:
-            logger.warning("cannot list the spool %s: %s", self.dir, exc)
+            _throttle.warning("list", "cannot list the spool %s: %s", self.dir, exc)
             return 0
         added = 0
         for name in names:
@@ -331,14 +361,17 @@ class Spool:
 
     def _fill(self, wf: WalFile) -> bool:
         """Scan the next chunk of ``wf`` into its buffer. False when nothing new is there."""
+        if wf.truncated and not self._resync(wf):
+            return False
         if wf.final and wf.read_pos >= wf.size:
             return False
         try:
             data = os.pread(wf.fd, CHUNK, wf.read_pos)
         except OSError as exc:
-            logger.warning("cannot read %s: %s", wf.path, exc)
+            _throttle.warning("read", "cannot read %s: %s", wf.path, exc)
             return False
         if not data:
+            self._check_size(wf)  # caught up: a file now shorter than what was read was truncated
             return False
         result = scan(data, final=False)
         if result.incomplete and not result.payloads and self._writer_gone(wf):
@@ -351,8 +384,78 @@ class Spool:
         wf.read_pos = base + result.consumed
         if result.corrupt:
             self.counters.drop("corrupt", result.corrupt)  # marks the counters for a save
-            logger.warning("%s: skipped %d corrupt region(s) after offset %d", wf.name, result.corrupt, base)
+            _throttle.warning("corrupt", "%s: skipped %d corrupt region(s) after offset %d",
+                              wf.name, result.corrupt, base)
         return bool(wf.buffered)
+
+    # --- truncated or replaced under us ------------------------------------------------
+
+    def check_files(self) -> None:
+        """Note every file's size, and notice one truncated or replaced under us
+        (housekeeping, the reading thread, once a second)."""
+        for wf in list(self.files.values()):
+            try:
+                st = os.fstat(wf.fd)
+            except OSError:
+                continue  # gone: finish_files deals with it
+            if not wf.replaced:
+                try:
+                    at_path = os.stat(wf.path)
+                    same = (at_path.st_ino, at_path.st_dev) == (st.st_ino, st.st_dev)
+                except FileNotFoundError:
+                    same = False
+                except OSError:
+                    same = True  # cannot look (permissions): assume it is still ours
+                if not same:
+                    self._replaced(wf)
+            self._observe(wf, st.st_size)
+
+    def _check_size(self, wf: WalFile) -> None:
+        try:
+            size = os.fstat(wf.fd).st_size
+        except OSError:
+            return
+        self._observe(wf, size)
+
+    def _observe(self, wf: WalFile, size: int) -> None:
+        """Record ``size``; a file never shrinks unless someone truncated it."""
+        if not (wf.truncated or wf.replaced) and (size < wf.read_pos or size < wf.size):
+            unread = max(wf.size, wf.read_pos) - wf.read_pos
+            wf.truncated = True
+            self.counters.drop("truncated")
+            _throttle.warning("truncated", "%s was truncated under the sender to %d bytes after %d were read: "
+                              "at least %d bytes not read yet are lost (counted as one 'truncated' region); "
+                              "reading it again from the start once what was read is settled",
+                              wf.name, size, wf.read_pos, unread)
+        wf.size = size
+
+    def _resync(self, wf: WalFile) -> bool:
+        """Read a truncated file again from 0, once nothing read from it is pending (their
+        offsets are of the old content). False while some is."""
+        with self._lock:
+            if wf.outstanding or wf.buffered:
+                return False
+            try:
+                size = os.fstat(wf.fd).st_size
+            except OSError:
+                size = 0
+            self.resyncs += 1
+            wf.prev_resync, wf.resync = wf.resync, self.resyncs
+            wf.resync_size = size
+            wf.committed = wf.read_pos = wf.taken = wf.synced = 0
+            wf.size = size
+            wf.truncated = False
+            self._log_commit(wf.name, None)  # a sender started after this reads it from 0 too
+        return True
+
+    def _replaced(self, wf: WalFile) -> None:
+        wf.replaced = True
+        self.counters.incident("spool_replaced")
+        with self._lock:
+            self._log_commit(wf.name, None)  # the next file at that path is read from its start
+        _throttle.warning("replaced", "%s was replaced or deleted under the sender: reading the file it "
+                          "holds to its end (its writer still appends there), then a file at that path "
+                          "from its start", wf.name)
 
     def _writer_gone(self, wf: WalFile) -> bool:
         if wf.final:
@@ -364,10 +467,7 @@ class Spool:
         except OSError:
             return False
         wf.final = True
-        try:
-            wf.size = os.fstat(wf.fd).st_size
-        except OSError:
-            pass  # size stays as last seen; reading goes on until pread returns nothing
+        self._check_size(wf)  # size stays as last seen if it fails; reading goes on until pread returns nothing
         return True
 
     def has_unread(self) -> bool:
@@ -376,6 +476,8 @@ class Spool:
         for wf in list(self.files.values()):
             if wf.buffered:
                 return True
+            if wf.truncated:
+                continue  # nothing to read before what was read from it commits: do not spin
             try:
                 if os.fstat(wf.fd).st_size > wf.read_pos:
                     return True
@@ -403,22 +505,48 @@ class Spool:
                     end = max(end, wf.taken)  # past records dropped by drop_oldest, too
                 if end > wf.committed:
                     wf.committed = end
-                    self._log_commit(wf.name, end)
+                    if not wf.replaced:
+                        self._log_commit(wf.name, end)
             if mem_top:
                 self.mem_committed = max(self.mem_committed, mem_top)
 
-    def settled(self, marks: list[list[Any]]) -> bool:
-        """Is everything up to these (file, size) marks committed? (flush)"""
+    def settled(self, marks: list[list[Any]], resyncs: int | None = None) -> bool:
+        """Is everything up to these (file, size) marks committed or counted as dropped?
+        (flush; ``resyncs`` is :attr:`resyncs` when the flush arrived, None: now.)
+
+        A writer's size is an offset in the file as it is now. After a truncation the
+        committed offset restarts from 0 and no longer relates to sizes taken before, so:
+        while a truncation is not yet resynced, nothing in that file is settled; a flush
+        that came before the resync covered what was in the file then, which is settled
+        once the file is committed up to its size at the resync (what was lost was counted
+        as ``truncated``); after a second resync all of it is."""
+        seen = self.resyncs if resyncs is None else resyncs
         with self._lock:
             for mark in marks:
                 if not (isinstance(mark, list) and len(mark) == 2):
                     continue
                 name, size = mark
+                if not isinstance(size, int):
+                    continue
                 wf = self.files.get(name)
+                if not (wf is not None and wf.replaced) and size <= self._replaced_done.get(name, -1):
+                    continue  # the writer's own file, drained after it was replaced
                 if wf is None:
                     if isinstance(name, str) and os.path.exists(os.path.join(self.dir, name)):
                         return False  # not discovered yet
                     continue  # deleted: everything in it was settled
+                if wf.truncated:
+                    return False
+                if not wf.replaced:
+                    try:
+                        if os.fstat(wf.fd).st_size < max(wf.committed, wf.read_pos, wf.size):
+                            return False  # truncated, and the reading thread has not noticed yet
+                    except OSError:
+                        pass  # cannot look: the offsets below decide
+                if wf.resync > seen:
+                    if wf.prev_resync > seen:
+                        continue  # resynced twice since: all it covered is delivered or counted
+                    size = min(size, wf.resync_size)
                 if wf.committed < size:
                     return False
         return True
@@ -427,11 +555,15 @@ class Spool:
         """Delete files that are fully committed and whose writer has gone."""
         removed = 0
         for wf in list(self.files.values()):
+            if wf.truncated:
+                continue  # read again first
             try:
                 size = os.fstat(wf.fd).st_size
             except OSError:
                 continue
-            wf.size = size
+            self._observe(wf, size)
+            if wf.truncated:
+                continue
             if wf.committed < size or wf.read_pos < size or wf.buffered:
                 continue
             if not self._writer_gone(wf):
@@ -439,10 +571,17 @@ class Spool:
             with self._lock:
                 if os.fstat(wf.fd).st_size != wf.committed or wf.outstanding:
                     continue  # a last write landed before the writer let go
+                if wf.replaced:
+                    # the path names another file now (or none): keep it, it is read next
+                    self._replaced_done[wf.name] = wf.committed
+                    del self.files[wf.name]
+                    os.close(wf.fd)
+                    removed += 1
+                    continue
                 try:
                     os.unlink(wf.path)
                 except OSError as exc:
-                    logger.warning("cannot delete %s: %s", wf.path, exc)
+                    _throttle.warning("delete", "cannot delete %s: %s", wf.path, exc)
                     continue
                 del self.files[wf.name]
                 os.close(wf.fd)
@@ -482,7 +621,8 @@ class Spool:
             with self._lock:
                 if wf.outstanding == 0 and wf.taken > wf.committed:
                     wf.committed = wf.taken
-                    self._log_commit(wf.name, wf.committed)
+                    if not wf.replaced:
+                        self._log_commit(wf.name, wf.committed)
             if excess <= 0:
                 break
         return dropped
@@ -496,7 +636,7 @@ class Spool:
                     os.fsync(wf.fd)
                     wf.synced = size
             except OSError as exc:
-                logger.warning("fsync %s: %s", wf.path, exc)
+                _throttle.warning("fsync", "fsync %s: %s", wf.path, exc)
 
     def close(self) -> None:
         for wf in list(self.files.values()):

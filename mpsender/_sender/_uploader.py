@@ -24,6 +24,7 @@ from typing import Any
 import httpx
 
 from .._events import unpack, written_at
+from .._lograte import Throttle
 from .._options import Options, redact_url
 from .._retry import (
     RateLimit,
@@ -39,6 +40,7 @@ from ._http import build_client
 from ._spool import Counters, Entry, Spool
 
 logger = logging.getLogger(__name__)
+_throttle = Throttle(logger)  # warnings every batch or housekeeping pass can meet
 
 #: how often the uploader looks for new files, enforces the disk bound, deletes
 HOUSEKEEPING = 1.0
@@ -101,6 +103,11 @@ class Uploader(threading.Thread):
         self._deadletter_path = os.path.join(spool.dir, "deadletter.jsonl")
         self._auth_warned = False
         self._hooks = {name: _load_hook(getattr(options, name), name) for name in ("on_error", "on_delivery")}
+        #: (monotonic start, events) of the request being sent, None between requests. Set
+        #: by the posting thread only; the IO thread reads it for stats (one attribute,
+        #: replaced whole), so a hanging endpoint shows while it hangs, not only after
+        #: ``request_timeout`` as a retry.
+        self.in_flight: tuple[float, int] | None = None
 
     # --- control from the IO thread --------------------------------------------------
 
@@ -186,7 +193,7 @@ class Uploader(threading.Thread):
                         self._save_state()  # loss accounting survives even a SIGKILL
                     break
                 except Exception:  # noqa: BLE001 - logged, and the same batch is tried again
-                    logger.exception("delivering a batch failed; trying it again")
+                    _throttle.error("deliver", "delivering a batch failed; trying it again", exc_info=True)
                     if self._interruptible_wait(1.0) and self._time_left(default=1.0) == 0:
                         abandoned = True
                         break
@@ -198,17 +205,13 @@ class Uploader(threading.Thread):
         spool = self.spool
         spool.discover()
         spool.finish_files()
-        for wf in list(spool.files.values()):
-            try:
-                wf.size = os.fstat(wf.fd).st_size
-            except OSError:
-                continue  # gone: finish_files deals with it
+        spool.check_files()  # sizes, and files truncated or replaced under us
         excess = spool.unread_bytes() - self.options.max_spool_bytes
         if excess > 0:
             n = spool.drop_oldest(excess)
             if n:
                 self.counters.drop("spool_full", n)
-                logger.warning("spool over max_spool_bytes: dropped the %d oldest events", n)
+                _throttle.warning("spool_full", "spool over max_spool_bytes: dropped the %d oldest events", n)
         if self.options.fsync_interval is not None and now >= self._next_fsync:
             self._next_fsync = now + self.options.fsync_interval
             spool.fsync()
@@ -423,6 +426,7 @@ class Uploader(threading.Thread):
         body = req.body
         if self.options.gzip:
             body = gzip_compress(body)
+        self.in_flight = (time.monotonic(), len(events))
         try:
             resp = self._http.post(self._url, content=body, headers=self._http_headers(req.headers))
         except httpx.TimeoutException as exc:
@@ -430,12 +434,21 @@ class Uploader(threading.Thread):
         except httpx.HTTPError as exc:
             # the one place network errors become text (status, logs, hooks): no proxy password
             return None, "", self._scrub(f"{type(exc).__name__}: {exc}"), None
+        finally:
+            self.in_flight = None
         return resp.status_code, resp.text[:2000], None, resp.headers.get("retry-after")
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+    def in_flight_now(self, now: float) -> tuple[float, int]:
+        """(seconds the request in flight has waited, events it carries); (0, 0) when none."""
+        current = self.in_flight
+        if current is None:
+            return 0.0, 0
+        return max(0.0, now - current[0]), current[1]
 
     def _http_headers(self, headers: dict[str, str]) -> httpx.Headers:
         """The encoder's headers (the same for every request) as httpx's own type, built
@@ -471,8 +484,8 @@ class Uploader(threading.Thread):
             finally:
                 os.close(fd)
         except OSError as exc:
-            logger.error("cannot write the dead-letter file %s: %s", self._deadletter_path, exc)
-        logger.warning("%d event(s) refused by the endpoint (HTTP %s): %s; see %s",
+            _throttle.error("deadletter", "cannot write the dead-letter file %s: %s", self._deadletter_path, exc)
+        _throttle.warning("refused", "%d event(s) refused by the endpoint (HTTP %s): %s; see %s",
                        len(events), status, body[:200], self._deadletter_path)
 
     def _report(self, events: list[Entry], status: int | None, error: str | None, *,
@@ -498,7 +511,7 @@ class Uploader(threading.Thread):
             fn(outcome)
         except Exception:  # noqa: BLE001 - a user's hook must not stop delivery
             self.counters.incident("hook_errors")
-            logger.exception("%s hook raised; delivery goes on", name)
+            _throttle.error(f"hook-{name}", "%s hook raised; delivery goes on", name, exc_info=True)
 
 
 def _load_hook(path: str | None, name: str) -> Callable[[dict[str, Any]], Any] | None:

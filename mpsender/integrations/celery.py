@@ -63,10 +63,12 @@ from celery import signals  # type: ignore[import-untyped,import-not-found,unuse
 
 import mpsender
 from mpsender import _api
+from mpsender._lograte import Throttle
 
 __all__ = ["DEFAULT_TASK_EVENT", "TERMINATED", "connect", "disconnect"]
 
 logger = logging.getLogger(__name__)
+_throttle = Throttle(logger)  # a failure in a task hook repeats at every task
 
 DEFAULT_TASK_EVENT = "Celery Task Finished"
 #: the ``state`` of a task whose process was terminated before it had an outcome
@@ -249,7 +251,7 @@ def _on_task_postrun(sender: Any = None, task_id: str | None = None, task: Any =
         user_id, anonymous_id = _identity(settings, task)
         mpsender.track(settings.task_event, properties=props, user_id=user_id, anonymous_id=anonymous_id)
     except Exception:  # noqa: BLE001 - a task's outcome must not change because of analytics
-        logger.exception("could not send the task event of %s", task_id)
+        _throttle.error("task-event", "could not send the task event of %s", task_id, exc_info=True)
 
 
 def _on_task_failure(sender: Any = None, task_id: str | None = None, exception: BaseException | None = None,
@@ -269,7 +271,7 @@ def _on_task_failure(sender: Any = None, task_id: str | None = None, exception: 
         mpsender.capture_error(exception, properties=_task_properties(sender, task_id),
                                user_id=user_id, anonymous_id=anonymous_id)
     except Exception:  # noqa: BLE001 - a task's outcome must not change because of analytics
-        logger.exception("could not send the error event of %s", task_id)
+        _throttle.error("error-event", "could not send the error event of %s", task_id, exc_info=True)
 
 
 def _task_properties(task: Any, task_id: str | None) -> dict[str, Any]:
@@ -291,7 +293,7 @@ def _identity(settings: _Settings, task: Any) -> tuple[str | None, str | None]:
         try:
             uid = settings.user_id(task)
         except Exception:  # noqa: BLE001 - fall back to the anonymous worker identity
-            logger.exception("the user_id function given to connect() raised")
+            _throttle.error("user-id", "the user_id function given to connect() raised", exc_info=True)
             uid = None
         if uid:
             return str(uid), None

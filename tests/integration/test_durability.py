@@ -7,13 +7,16 @@ import datetime as dt
 import json
 import os
 import random
+import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import msgpack
 import psutil
 import pytest
 
@@ -23,8 +26,9 @@ from mpsender._events import pack
 from mpsender._framing import frame
 from mpsender._options import Options
 from mpsender._paths import paths_for
+from mpsender._protocol import HELLO, REPLY, STATS
 from mpsender._wire import format_timestamp
-from support import app_env, check, live_sender_pids, run_app, wait_for
+from support import REPO, app_env, check, live_sender_pids, run_app, sender_infos, wait_for
 
 FAST_RETRY = {"retry_base": 0.02, "retry_cap": 0.2}
 
@@ -215,6 +219,30 @@ print(time.monotonic() - t)
     assert len(_unique(collector)) == 100
 
 
+def test_hanging_request_shows_in_stats_and_status_while_it_hangs(
+        client_factory, collector: Collector, runtime_dir: str) -> None:
+    """A request the endpoint holds shows in stats() and `mpsender status` while it hangs:
+    how long it has waited and how many events it carries, before request_timeout."""
+    collector.set_faults(Faults(hang=True))
+    client = client_factory(request_timeout=60)
+    assert client.start(wait=10)
+    for i in range(10):
+        client.track("hang", user_id="u", properties={"i": i})
+    assert wait_for(lambda: getattr(client.stats().sender, "in_flight_events", None) == 10,
+                    timeout=10), client.stats()
+    stats = client.stats().sender
+    assert stats.retries == 0 and stats.last_error is None  # nothing else says it hangs
+    assert wait_for(lambda: client.stats().sender.in_flight_for >= 2.5, timeout=10)
+    status = subprocess.run([sys.executable, "-m", "mpsender", "status", "--runtime-dir", runtime_dir],
+                            capture_output=True, text=True, timeout=30, env=app_env(collector.url, runtime_dir))
+    assert status.returncode == 0, status.stderr
+    assert re.search(r"request in flight for [\d.]+s \(10 event\(s\)\)", status.stdout), status.stdout
+    report = json.loads(subprocess.run(
+        [sys.executable, "-m", "mpsender", "status", "--json", "--runtime-dir", runtime_dir],
+        capture_output=True, text=True, timeout=30, env=app_env(collector.url, runtime_dir)).stdout)[0]
+    assert report["in_flight_events"] == 10 and report["in_flight_for"] >= 2.5
+
+
 # --- a killed sender ------------------------------------------------------------------------
 
 def test_sender_sigkilled_five_times_under_load_loses_nothing(collector: Collector, runtime_dir: str,
@@ -291,6 +319,73 @@ def test_replay_skips_garbage_and_counts_it(client_factory, collector: Collector
     assert wait_for(lambda: not (paths.spool / "99999-deadbeef-0.wal").exists(), timeout=10)
 
 
+def _wal_of(client: mpsender.Client) -> Path:
+    (wal,) = client.paths.spool.glob("*.wal")
+    return wal
+
+
+def test_truncated_spool_file_is_read_again_and_the_loss_counted(
+        client_factory, collector: Collector, runtime_dir: str) -> None:
+    """A .wal truncated under the sender while its events wait for the endpoint: what the
+    sender had read and what the app tracks after it are delivered, flush() is True only
+    once they are, and the loss is counted as 'truncated' in stats(), state.json and status."""
+    collector.set_faults(Faults(status=503))
+    client = client_factory(batch_size=50, **FAST_RETRY)
+    assert client.start(wait=10)
+    for i in range(2000):  # past one read chunk: some is not read when the file is cut
+        client.track("before", user_id="u", properties={"i": i, "pad": "x" * 200})
+    assert collector.wait_for(lambda c: len(c.requests()) >= 2, timeout=10)  # read, and held
+    os.truncate(_wal_of(client), 0)
+    for i in range(100):
+        client.track("after", user_id="u", properties={"i": i})
+    assert wait_for(lambda: client.stats().sender.dropped.get("truncated") == 1, timeout=10), client.stats()
+    collector.set_faults(Faults())
+    assert client.flush(timeout=30)
+    after = {e["properties"]["i"] for e in collector.events() if e["event"] == "after"}
+    assert after == set(range(100))  # nothing tracked after the truncation is missing
+    before = {e["properties"]["i"] for e in collector.events() if e["event"] == "before"}
+    assert before and before <= set(range(2000))  # what had been read was not dropped
+    sender = client.stats().sender
+    assert sender.dropped == {"truncated": 1}, sender
+    state = client.paths.spool / "state.json"
+    assert wait_for(lambda: json.loads(state.read_text())["dropped"] == {"truncated": 1}, timeout=10)
+    status = subprocess.run([sys.executable, "-m", "mpsender", "status", "--json", "--runtime-dir", runtime_dir],
+                            capture_output=True, text=True, timeout=30, cwd=str(REPO),
+                            env=app_env(collector.url, runtime_dir))
+    assert json.loads(status.stdout)[0]["dropped"] == {"truncated": 1}, status
+    client.track("later", user_id="u")
+    assert client.flush(timeout=10) and "later" in {e["event"] for e in collector.events()}
+
+
+def test_replaced_spool_file_is_drained_then_the_new_one_read(
+        client_factory, collector: Collector) -> None:
+    """A .wal renamed over under the sender: the writer's events, before and after, come
+    from the file it holds, then the file now at that path is read from its start (not
+    deleted); counted as the incident spool_replaced, nothing dropped."""
+    client = client_factory()
+    assert client.start(wait=10)
+    for i in range(20):
+        client.track("before", user_id="u", properties={"i": i})
+    assert client.flush(timeout=10)
+    wal = _wal_of(client)
+    other = wal.with_name(".replacement.tmp")
+    other.write_bytes(b"".join(frame(pack({"t": "track", "e": "replacement", "u": "u", "m": os.urandom(16),
+                                           "ts": time.time(), "p": {"i": i}})) for i in range(5)))
+    os.replace(other, wal)
+    for i in range(20):
+        client.track("after", user_id="u", properties={"i": i})
+    assert client.flush(timeout=10)
+    assert wait_for(lambda: client.stats().sender.incidents.get("spool_replaced") == 1, timeout=10)
+    assert not client.stats().sender.dropped
+    assert client.shutdown(timeout=10)  # the writer lets go of the file it holds
+    assert collector.wait_for(lambda c: c.count() >= 45, timeout=15), [e["event"] for e in collector.events()]
+    by_name: dict[str, set[int]] = {}
+    for e in collector.events():
+        by_name.setdefault(e["event"], set()).add(e["properties"]["i"])
+    assert by_name == {"before": set(range(20)), "after": set(range(20)), "replacement": set(range(5))}
+    assert wait_for(lambda: not wal.exists(), timeout=10)  # delivered, then deleted as usual
+
+
 # --- bounds, expiry, persisted counters -------------------------------------------------------
 
 def test_spool_bound_drops_oldest_and_counts_it(client_factory, collector: Collector, tmp_path: Path) -> None:
@@ -312,6 +407,23 @@ def test_spool_bound_drops_oldest_and_counts_it(client_factory, collector: Colle
         assert 999 in delivered  # the newest survive: the oldest were dropped
     finally:
         back.stop()
+
+
+def test_a_warning_repeated_every_second_is_logged_once(client_factory, collector: Collector) -> None:
+    """The endpoint down and the spool over its bound in three housekeeping passes in a
+    row: sender.log has the spool_full warning once, the counter has all three drops."""
+    client = client_factory(max_spool_bytes=20_000, batch_size=10, **FAST_RETRY)
+    assert client.start(wait=10)
+    collector.stop()
+    dropped = 0
+    for _ in range(3):  # each round needs a new pass of housekeeping to drop what it added
+        for i in range(300):
+            client.track("bounded", user_id="u", properties={"i": i, "pad": "x" * 60})
+        before = dropped
+        assert wait_for(lambda: client.stats().sender.dropped.get("spool_full", 0) > before, timeout=10)
+        dropped = client.stats().sender.dropped["spool_full"]
+    log = client.paths.log.read_text()
+    assert log.count("spool over max_spool_bytes") == 1, log
 
 
 def test_expired_events_are_dropped_and_the_count_survives_a_restart(
@@ -395,6 +507,53 @@ def test_full_disk_and_no_sender_drops_and_counts(collector: Collector, runtime_
     env = app_env(collector.url, runtime_dir, python="/nonexistent/python")
     out = check(run_app(_FULL_DISK_APP, env, args=["0"]))
     assert out.strip() == "False 0 {'spill_failed': 200}", out
+
+
+def test_spill_failed_reaches_the_sender_and_status(collector: Collector, runtime_dir: str) -> None:
+    """Events an app dropped with no disk and no sender are reported when it connects to
+    a sender: counted once in the sender's dropped, state.json and `mpsender status`."""
+    env = app_env(collector.url, runtime_dir, python="/nonexistent/python")
+    code = """
+import resource, signal, sys, mpsender
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))      # the disk refuses every write
+client = mpsender.init(start_timeout=0)
+for i in range(200):
+    mpsender.track("full-disk", user_id="u", properties={"i": i})
+print(dict(client.stats(timeout=0).process.dropped), flush=True)
+sys.stdin.readline()                                   # the test has started a sender
+first = client.stats(timeout=5).sender
+client.shutdown(timeout=0)                              # reconnect: nothing is reported twice
+second = client.stats(timeout=5).sender
+print(dict(first.dropped), dict(second.dropped))
+"""
+    app = subprocess.Popen([sys.executable, "-c", code], env=env, stdin=subprocess.PIPE,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=str(REPO))
+    try:
+        assert app.stdout is not None and app.stdin is not None
+        assert app.stdout.readline().strip() == "{'spill_failed': 200}"
+        check(run_app("import mpsender; mpsender.init()", app_env(collector.url, runtime_dir, linger=30)))
+        out, err = app.communicate("go\n", timeout=30)
+    finally:
+        if app.poll() is None:
+            app.kill()
+            app.wait()
+    assert app.returncode == 0, err
+    assert out.strip() == "{'spill_failed': 200} {'spill_failed': 200}", (out, err)
+    state = Path(next(iter(sender_infos(runtime_dir)))["spool"]) / "state.json"  # type: ignore[arg-type]
+    assert json.loads(state.read_text())["dropped"] == {"spill_failed": 200}
+    status = subprocess.run([sys.executable, "-m", "mpsender", "status", "--json", "--runtime-dir", runtime_dir],
+                            capture_output=True, text=True, timeout=30, env=env, cwd=str(REPO))
+    assert json.loads(status.stdout)[0]["dropped"] == {"spill_failed": 200}, status
+    # an older client's 4-element HELLO, and a report that is not {reason: count}, count nothing
+    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+        sock.settimeout(10)
+        sock.connect(str(next(iter(sender_infos(runtime_dir)))["socket"]))
+        sock.send(msgpack.packb([HELLO, 1, [], "0.0.1"]))
+        sock.send(msgpack.packb([HELLO, 1, [], "0.0.1", {"spill_failed": -5, "x": "y", "": 3}]))
+        sock.send(msgpack.packb([STATS, 7]))
+        kind, req, answer = msgpack.unpackb(sock.recv(1 << 20))
+    assert (kind, req) == (REPLY, 7) and answer["dropped"] == {"spill_failed": 200}
 
 
 def test_unusable_directories_are_named(tmp_path: Path, collector: Collector) -> None:

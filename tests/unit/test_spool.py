@@ -210,3 +210,35 @@ def test_spool_purge_counts_into_an_old_state_json_in_the_unified_format(tmp_pat
     assert saved["dropped"] == {"expired": 3, "rejected": 1, "corrupt": 5, "purged": 9}
     assert saved["incidents"] == {"auth_failures": 2, "spool_unavailable": 7}
     assert saved["uploaded"] == 40
+
+
+def test_flush_marks_across_a_truncation_are_settled_only_once_delivered_or_counted(tmp_path: Path) -> None:
+    """A file truncated and written again: a flush is not settled by the old committed
+    offset; one from before the truncation settles once what was in the file at the
+    resync is committed (the loss counted as truncated), one from after only at its size."""
+    path = tmp_path / "1-a-0.wal"
+    _write(path, 10)
+    counters = Counters()
+    spool = Spool(str(tmp_path), counters)
+    spool.discover()
+    spool.commit(spool.read(100))
+    old_size = path.stat().st_size
+    flushed_before = spool.resyncs
+    assert spool.settled([[path.name, old_size]], flushed_before)
+    os.truncate(path, 0)
+    _write(path, 3, start=100)
+    new_size = path.stat().st_size
+    assert new_size < old_size
+    assert not spool.settled([[path.name, new_size]], flushed_before)  # not before the 3 new are read
+    spool.check_files()
+    assert counters.dropped == {"truncated": 1}
+    assert not spool.settled([[path.name, old_size]], flushed_before)
+    entries = spool.read(100)
+    assert _seqs(entries) == [100, 101, 102]
+    assert not spool.settled([[path.name, new_size]], flushed_before)
+    spool.commit(entries)
+    assert spool.settled([[path.name, old_size]], flushed_before)  # the rest was counted
+    assert spool.settled([[path.name, new_size]], flushed_before)
+    assert not spool.settled([[path.name, old_size]])  # a mark taken now is an offset in the new content
+    assert parse_commits((tmp_path / "commits.log").read_bytes())[0] == {path.name: new_size}
+    spool.close()
