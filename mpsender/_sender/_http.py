@@ -148,9 +148,14 @@ def _tuned(ctx: ssl.SSLContext, proxy: httpx.Proxy | None) -> httpx.HTTPTranspor
     )
 
 
-def build_client(options: Options) -> HttpSetup:
+def build_client(options: Options, *, transport: httpx.BaseTransport | None = None) -> HttpSetup:
     """The uploader's client: direct, through ``options.proxy``, or routed as httpx would
-    route by the environment."""
+    route by the environment; every request through ``transport`` when one is given
+    (a test's ``httpx.MockTransport``)."""
+    if transport is not None:
+        client = httpx.Client(timeout=httpx.Timeout(options.request_timeout), transport=transport,
+                              headers={"User-Agent": f"mpsender/{__version__}"}, trust_env=False)
+        return HttpSetup(client, "through the given transport", ())
     ctx = tls_context(options)
     mounts: dict[str, httpx.BaseTransport | None] = {}
     if options.proxy == PROXY_DIRECT:

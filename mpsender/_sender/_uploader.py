@@ -9,6 +9,7 @@ pause delivery and keep everything.
 
 from __future__ import annotations
 
+import enum
 import importlib
 import json
 import logging
@@ -19,6 +20,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -55,18 +57,54 @@ _AUTH_PAUSE = 30.0
 _entry_ts = operator.attrgetter("ts")
 
 
-class _Outcome:
-    OK = "ok"
-    SPLIT = "split"
-    BISECT = "bisect"
-    REJECT = "reject"
-    ABANDON = "abandon"  # shutting down: leave it in the spool
+class Outcome(enum.Enum):
+    """What to do with a batch after the endpoint's answer (one :class:`Answer`)."""
+
+    OK = "ok"            # accepted (2xx): commit it
+    RETRY = "retry"      # 5xx, 429, timeout, network error: keep it, send it again after a backoff
+    PAUSE = "pause"      # 401/403/407: the key (or the proxy's credentials) refused: keep it, wait
+    SPLIT = "split"      # too large (413, a 400 about size): send each half, dead-letter one event
+    BISECT = "bisect"    # another permanent 4xx: halve until the refused events are isolated
+    ABANDON = "abandon"  # shutting down before it was accepted: it stays in the spool
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """The endpoint's answer to one request: a status, or the network error instead."""
+
+    status: int | None
+    body: str = ""
+    error: str | None = None
+    retry_after: str | None = None
+
+    def outcome(self) -> Outcome:
+        status = self.status
+        if status is not None and 200 <= status < 300:
+            return Outcome.OK
+        if status is not None and is_auth_status(status):
+            return Outcome.PAUSE
+        if status is not None and is_size_rejection(status, self.body):
+            return Outcome.SPLIT
+        if status is None or is_retryable_status(status):
+            return Outcome.RETRY
+        return Outcome.BISECT
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    """How sending one batch ended: OK, SPLIT, BISECT or ABANDON, and the last answer."""
+
+    outcome: Outcome
+    answer: Answer | None = None
 
 
 class Uploader(threading.Thread):
     def __init__(self, options: Options, spool: Spool, counters: Counters,
                  on_commit: Callable[[], None], doorbell: Any,
-                 save_state: Callable[[], None] = lambda: None) -> None:
+                 save_state: Callable[[], None] = lambda: None, *,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        """``transport``: where requests go instead of the network (``httpx.MockTransport``
+        in tests); by default the tuned, proxy-aware client of ``_http``."""
         super().__init__(name="mpsender-uploader", daemon=True)
         self.options = options
         self.spool = spool
@@ -90,7 +128,7 @@ class Uploader(threading.Thread):
         self.url = options.endpoint.rstrip("/") + self.encoder.path
         self._url = httpx.URL(self.url)  # parsed once: httpx would parse the string per request
         self._headers: tuple[dict[str, str], httpx.Headers] | None = None
-        setup = build_client(options)
+        setup = build_client(options, transport=transport)
         self._http = setup.client
         self._secrets = setup.secrets
         #: direct, or through which proxy and why (no credentials): for the log and status
@@ -188,7 +226,7 @@ class Uploader(threading.Thread):
                 continue  # a later batch must not commit past one left unsent
             while True:
                 try:
-                    abandoned = not self._deliver(batch)
+                    abandoned = not self.deliver(batch)
                     if self.counters.dirty:
                         self._save_state()  # loss accounting survives even a SIGKILL
                     break
@@ -321,9 +359,9 @@ class Uploader(threading.Thread):
 
     # --- delivery -----------------------------------------------------------------------
 
-    def _deliver(self, batch: list[Entry]) -> bool:
+    def deliver(self, batch: list[Entry]) -> bool:
         """Send and commit ``batch``; False when shutting down left it unsent (it stays
-        in the spool for the next sender)."""
+        in the spool for the next sender). The posting thread's one call per batch."""
         events = [e for e in batch if e.payload is not None]
         if events and not self._send_all(events):
             return False
@@ -332,79 +370,88 @@ class Uploader(threading.Thread):
         return True
 
     def _send_all(self, events: list[Entry]) -> bool:
+        """Send ``events``, halving what the endpoint refuses until the refused events are
+        isolated and dead-lettered. False when shutting down left some unsent."""
         stack = [events]
         while stack:
             part = stack.pop()
-            outcome, status, body = self._send(part)
-            if outcome == _Outcome.OK:
+            sent = self._send(part)
+            if sent.outcome is Outcome.OK:
                 continue
-            if outcome == _Outcome.ABANDON:
+            if sent.outcome is Outcome.ABANDON:
                 return False
-            if outcome in (_Outcome.SPLIT, _Outcome.BISECT) and len(part) > 1:
+            if len(part) > 1:
                 mid = len(part) // 2
                 stack.append(part[mid:])
                 stack.append(part[:mid])
                 continue
-            reason = "oversize" if outcome == _Outcome.SPLIT else "rejected"
-            self._dead_letter(part, status, body)
+            answer = sent.answer or Answer(None)
+            reason = "oversize" if sent.outcome is Outcome.SPLIT else "rejected"
+            self._dead_letter(part, answer.status, answer.body)
             self.counters.drop(reason, len(part))
-            self._report(part, status, body[:500], ok=False, will_retry=False)
+            self._report(part, answer.status, answer.body[:500], ok=False, will_retry=False)
         return True
 
-    def _send(self, events: list[Entry]) -> tuple[str, int | None, str]:
+    def _send(self, events: list[Entry]) -> Sent:
+        """Send one batch until the endpoint takes it (OK), refuses it for good (SPLIT,
+        BISECT), or shutting down leaves it unsent (ABANDON); retry and pause in between."""
         attempt = 0
         while True:
             if self._stopping.is_set() and self.deadline is not None and time.monotonic() >= self.deadline:
-                return _Outcome.ABANDON, None, ""
+                return Sent(Outcome.ABANDON)
             wait = self.rate_limit.remaining(time.monotonic())
             if wait > 0:
                 self._interruptible_wait(min(wait, HOUSEKEEPING))
                 continue
             events = self._drop_expired(events)
             if not events:
-                return _Outcome.OK, None, ""
-            status, body, error, retry_after = self._post(events)
+                return Sent(Outcome.OK)
+            answer = self._post(events)
             c = self.counters
             c.requests += 1
-            c.last_status = status
-            c.last_error = error
-            if status is not None and 200 <= status < 300:
+            c.last_status = answer.status
+            c.last_error = answer.error
+            detail = answer.error or answer.body[:500]
+            outcome = answer.outcome()
+            if outcome is Outcome.OK:
                 c.uploaded += len(events)
                 c.batches += 1
                 self._auth_warned = False
-                self._report(events, status, None, ok=True, will_retry=False)
-                return _Outcome.OK, status, body
+                self._report(events, answer.status, None, ok=True, will_retry=False)
+                return Sent(outcome, answer)
             # A refused batch (split or bisected) is reported by _send_all once its
             # refused events are isolated; a failure that keeps the events, here.
-            if status is not None and is_auth_status(status):
+            if outcome is Outcome.PAUSE:
                 c.incident("auth_failures")
-                self._report(events, status, error or body[:500], ok=False, will_retry=True)
-                if not self._auth_warned:
-                    self._auth_warned = True
-                    if status == 407:
-                        logger.error("the proxy refused its credentials (HTTP 407): delivery paused, "
-                                     "events kept in the spool; check the proxy option or HTTP(S)_PROXY")
-                    else:
-                        logger.error("the endpoint refused the write key (HTTP %s): delivery paused, "
-                                     "events kept in the spool; check write_key", status)
+                self._report(events, answer.status, detail, ok=False, will_retry=True)
+                self._warn_paused(answer.status)
                 if not self._interruptible_wait(min(_AUTH_PAUSE, next_delay(
                         attempt, retry_after=None, base=self.options.retry_base, cap=self.options.retry_cap))):
                     attempt += 1
                 continue
-            if status is not None and is_size_rejection(status, body):
-                return _Outcome.SPLIT, status, body
-            if status is None or is_retryable_status(status):
+            if outcome is Outcome.RETRY:
                 now = time.time()
-                ra = parse_retry_after(retry_after, now) if retry_after is not None else None
+                ra = parse_retry_after(answer.retry_after, now) if answer.retry_after is not None else None
                 delay = next_delay(attempt, retry_after=ra, base=self.options.retry_base, cap=self.options.retry_cap)
                 # one rate-limit state for the host: nothing goes out before it expires
                 self.rate_limit.hold(delay, time.monotonic())
                 c.retries += 1
                 attempt += 1
-                self._report(events, status, error or body[:500], ok=False, will_retry=True)
-                logger.info("delivery failed (%s); retry %d in %.2fs", error or status, attempt, delay)
+                self._report(events, answer.status, detail, ok=False, will_retry=True)
+                logger.info("delivery failed (%s); retry %d in %.2fs", answer.error or answer.status, attempt, delay)
                 continue
-            return _Outcome.BISECT, status, body
+            return Sent(outcome, answer)
+
+    def _warn_paused(self, status: int | None) -> None:
+        if self._auth_warned:
+            return
+        self._auth_warned = True
+        if status == 407:
+            logger.error("the proxy refused its credentials (HTTP 407): delivery paused, "
+                         "events kept in the spool; check the proxy option or HTTP(S)_PROXY")
+        else:
+            logger.error("the endpoint refused the write key (HTTP %s): delivery paused, "
+                         "events kept in the spool; check write_key", status)
 
     def _drop_expired(self, events: list[Entry]) -> list[Entry]:
         max_age = self.options.max_event_age
@@ -421,7 +468,7 @@ class Uploader(threading.Thread):
                     e.payload = None
         return keep
 
-    def _post(self, events: list[Entry]) -> tuple[int | None, str, str | None, str | None]:
+    def _post(self, events: list[Entry]) -> Answer:
         req = self.encoder.request_parts([e.wire for e in events], sent_at=time.time())
         body = req.body
         if self.options.gzip:
@@ -430,13 +477,13 @@ class Uploader(threading.Thread):
         try:
             resp = self._http.post(self._url, content=body, headers=self._http_headers(req.headers))
         except httpx.TimeoutException as exc:
-            return None, "", f"timeout: {type(exc).__name__}", None
+            return Answer(None, error=f"timeout: {type(exc).__name__}")
         except httpx.HTTPError as exc:
             # the one place network errors become text (status, logs, hooks): no proxy password
-            return None, "", self._scrub(f"{type(exc).__name__}: {exc}"), None
+            return Answer(None, error=self._scrub(f"{type(exc).__name__}: {exc}"))
         finally:
             self.in_flight = None
-        return resp.status_code, resp.text[:2000], None, resp.headers.get("retry-after")
+        return Answer(resp.status_code, resp.text[:2000], None, resp.headers.get("retry-after"))
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
