@@ -337,6 +337,11 @@ class Client:
             if out.get(key) is None:
                 out[key] = rec[key]
         problem = _unsendable(out)
+        if problem is None and out["ts"] is not rec["ts"]:
+            try:  # a hook's timestamp is held to what track() takes, and stored as track() stores it
+                out["ts"] = to_timestamp(out["ts"])
+            except MpsenderError as exc:
+                problem = str(exc)
         if problem is None:
             try:
                 if len(pack(out)) > self._max:

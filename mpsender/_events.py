@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import hashlib
+import math
 import os
 import re
 import sys
@@ -120,19 +121,75 @@ def unpack(payload: bytes) -> Any:
     return msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=False)
 
 
-def to_timestamp(value: Any) -> float | str:
-    """A user-given timestamp: datetime (naive = UTC), epoch seconds, or an ISO string."""
+#: The timestamps an event may carry, in epoch seconds: 0001-01-01T00:00:00.000Z to
+#: 9999-12-31T23:59:59.999Z, what ``datetime`` can represent and the wire's four-digit
+#: years print (the upper bound is the last millisecond: the wire rounds to one).
+MIN_TIMESTAMP = -62135596800.0
+MAX_TIMESTAMP = 253402300799.999
+
+# ISO-8601 date and time as people write it (RFC 3339 and the shapes of isoformat()):
+# 'T', 't' or a space between date and time, seconds and a fraction optional, 'Z' or an
+# offset (+05:30, +0530, +05) or nothing (UTC). A regex, not datetime.fromisoformat:
+# that takes more shapes on 3.11+ than on 3.10, and no 'Z' on 3.10.
+_ISO = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
+    r"(?:[Zz]|([+-])(\d{2})(?::?(\d{2}))?)?",
+    re.ASCII,
+)
+
+
+def to_timestamp(value: Any) -> float:
+    """A user-given timestamp as epoch seconds, the way ``track()`` stores it.
+
+    A datetime (naive = UTC), epoch seconds (int or float), or an ISO-8601 string
+    (naive = UTC), between MIN_TIMESTAMP and MAX_TIMESTAMP. Anything else raises here,
+    in the caller's process, naming ``timestamp`` and the value: the sender could only
+    drop such an event, or send it as given.
+    """
     if isinstance(value, _dt.datetime):
         moment: _dt.datetime = value if value.tzinfo is not None else value.replace(tzinfo=_UTC)
-        return moment.timestamp()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str) and value:
-        return value
-    raise EventTypeError(
-        f"timestamp must be a datetime, epoch seconds or an ISO-8601 string, "
-        f"not {type(value).__qualname__}"
-    )
+        seconds = moment.timestamp()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past the float range
+            raise _bad_timestamp(value, "is out of range") from None
+    elif isinstance(value, str):
+        seconds = _parse_iso(value)
+    else:
+        raise EventTypeError(
+            f"timestamp must be a datetime, epoch seconds or an ISO-8601 string, "
+            f"not {type(value).__qualname__}"
+        )
+    if MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:
+        return seconds
+    if math.isfinite(seconds):
+        raise _bad_timestamp(value, "is out of range (years 1 to 9999, UTC)")
+    raise _bad_timestamp(value, "is not a finite number")
+
+
+def _parse_iso(text: str) -> float:
+    match = _ISO.fullmatch(text)
+    if match is None:
+        raise _bad_timestamp(text, "is not an ISO-8601 date and time, such as 2026-03-04T05:06:07Z")
+    year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
+    try:
+        tz = _UTC
+        if sign is not None:
+            offset = _dt.timedelta(hours=int(off_h), minutes=int(off_m or 0))
+            tz = _dt.timezone(-offset if sign == "-" else offset)
+        moment = _dt.datetime(int(year), int(month), int(day), int(hour), int(minute),
+                              int(second or 0), tzinfo=tz)
+    except ValueError as exc:  # month 13, hour 24, an offset of a day or more, ...
+        raise _bad_timestamp(text, f"is not a valid date and time ({exc})") from None
+    return moment.timestamp() + (float("0." + fraction) if fraction else 0.0)
+
+
+def _bad_timestamp(value: object, why: str) -> InvalidEventError:
+    shown = repr(value)  # repr: a lone surrogate or a control character stays printable
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return InvalidEventError(f"timestamp {shown} {why}")
 
 
 _NATIVE = (str, int, float, bool, type(None), bytes)

@@ -99,7 +99,8 @@ def format_timestamp(ts: float) -> str:
     cached = _ts_cache
     if cached[0] == sec:
         return cached[1] + _MS_SUFFIX[ms]
-    prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    # not strftime: its %Y does not pad years before 1000 to four digits on glibc
+    prefix = "%04d-%02d-%02dT%02d:%02d:%02d" % time.gmtime(sec)[:6]
     _ts_cache = (sec, prefix)
     return prefix + _MS_SUFFIX[ms]
 

@@ -166,12 +166,78 @@ def test_user_timestamp_and_message_id_are_kept(events: CapturedEvents) -> None:
     when = dt.datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=dt.timezone.utc)
     mpsender.track("A", user_id="u", timestamp=when, message_id="my-id-1")
     mpsender.track("B", user_id="u", timestamp=when.timestamp())
-    mpsender.track("C", user_id="u", timestamp="2026-03-04T05:06:07Z")
-    assert [e["timestamp"] for e in events] == [
-        "2026-03-04T05:06:07.890Z", "2026-03-04T05:06:07.890Z", "2026-03-04T05:06:07Z"]
+    mpsender.track("C", user_id="u", timestamp="2026-03-04T05:06:07.89Z")
+    assert [e["timestamp"] for e in events] == ["2026-03-04T05:06:07.890Z"] * 3
     assert events[0]["messageId"] == "my-id-1"
     generated = {e["messageId"] for e in events[1:]}
     assert len(generated) == 2 and all(uuid.UUID(m).version == 4 for m in generated)
+
+
+#: ISO-8601 strings track() takes, and the timestamp sent for each (UTC, milliseconds)
+ISO_STRINGS = [
+    ("2026-03-04T05:06:07Z", "2026-03-04T05:06:07.000Z"),
+    ("2026-03-04t05:06:07.25z", "2026-03-04T05:06:07.250Z"),
+    ("2026-03-04T06:36:07.123456+01:30", "2026-03-04T05:06:07.123Z"),
+    ("2026-03-04T00:06:07-0500", "2026-03-04T05:06:07.000Z"),
+    ("2026-03-04T07:06+02", "2026-03-04T05:06:00.000Z"),
+    ("2026-03-04T05:06:07", "2026-03-04T05:06:07.000Z"),  # naive: UTC, as a naive datetime
+    ("2026-03-04 05:06:07.999999999", "2026-03-04T05:06:08.000Z"),
+    ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000Z"),
+    ("9999-12-31T23:59:59.999Z", "9999-12-31T23:59:59.999Z"),
+]
+
+
+@pytest.mark.parametrize(("given", "sent"), ISO_STRINGS, ids=[g for g, _ in ISO_STRINGS])
+def test_iso_timestamp_strings_are_parsed_and_sent_in_utc(events: CapturedEvents, given: str, sent: str) -> None:
+    """An ISO-8601 string ('Z', an offset, or naive = UTC) is stored as epoch seconds and sent as UTC."""
+    mpsender.track("A", user_id="u", timestamp=given)
+    mpsender.identify("u", timestamp=given)
+    assert [e["timestamp"] for e in events] == [sent, sent]
+
+
+#: timestamps refused at the call: (value, exception, text of the message)
+BAD_TIMESTAMPS: list[tuple[Any, type[Exception], str]] = [
+    (float("nan"), InvalidEventError, "timestamp nan is not a finite number"),
+    (float("inf"), InvalidEventError, "timestamp inf is not a finite number"),
+    (float("-inf"), InvalidEventError, "timestamp -inf is not a finite number"),
+    (1e300, InvalidEventError, "timestamp 1e+300 is out of range (years 1 to 9999, UTC)"),
+    (10**400, InvalidEventError, "is out of range"),
+    (253402300800.0, InvalidEventError, "timestamp 253402300800.0 is out of range"),
+    (-62135596801.0, InvalidEventError, "timestamp -62135596801.0 is out of range"),
+    (dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1))), InvalidEventError, "is out of range"),
+    ("9999-12-31T23:59:59.9999Z", InvalidEventError, "'9999-12-31T23:59:59.9999Z' is out of range"),
+    ("garbage", InvalidEventError, "timestamp 'garbage' is not an ISO-8601 date and time"),
+    ("", InvalidEventError, "timestamp '' is not an ISO-8601 date and time"),
+    ("2026-03-04", InvalidEventError, "timestamp '2026-03-04' is not an ISO-8601 date and time"),
+    ("2026-03-04T05:06:07Z ", InvalidEventError, "is not an ISO-8601 date and time"),
+    ("2026-13-04T05:06:07Z", InvalidEventError, "timestamp '2026-13-04T05:06:07Z' is not a valid date and time"),
+    ("2026-03-04T24:00:00Z", InvalidEventError, "is not a valid date and time"),
+    ("2026-03-04T05:06:07+24:00", InvalidEventError, "is not a valid date and time"),
+    ("\ud800", InvalidEventError, "timestamp '\\ud800' is not an ISO-8601"),
+    (True, EventTypeError, "timestamp must be a datetime, epoch seconds or an ISO-8601 string, not bool"),
+    (dt.date(2026, 3, 4), EventTypeError, "not date"),
+]
+
+
+@pytest.mark.parametrize("fn", ["track", "identify", "group", "alias", "page", "screen"])
+@pytest.mark.parametrize(("value", "exc_type", "message"), BAD_TIMESTAMPS, ids=[repr(b[0])[:30] for b in BAD_TIMESTAMPS])
+def test_bad_timestamp_raises_naming_timestamp_and_value(
+    events: CapturedEvents, fn: str, value: Any, exc_type: type[Exception], message: str,
+) -> None:
+    """NaN, infinities, times outside years 1-9999 and unparseable strings raise at the call."""
+    args = {"track": ("E",), "group": ("g",), "alias": ("p",)}.get(fn, ())
+    expect_error(exc_type, message, lambda: getattr(mpsender, fn)(*args, user_id="u", timestamp=value))
+    assert events == []
+    assert mpsender.stats().process.rejected == 1
+
+
+def test_a_hook_timestamp_is_held_to_the_same_rules() -> None:
+    """A before_send hook's ISO string is normalized; a bad one is not sent (the event is, unchanged)."""
+    stamps = iter(["2026-03-04T06:06:07+01:00", "soon"])
+    with capture(before_send=lambda e: {**e, "timestamp": next(stamps)}) as events:
+        mpsender.track("A", user_id="u")
+        mpsender.track("B", user_id="u", timestamp=0)
+    assert [e["timestamp"] for e in events] == ["2026-03-04T05:06:07.000Z", "1970-01-01T00:00:00.000Z"]
 
 
 def test_errors_never_come_from_the_hot_path_of_good_calls(events: CapturedEvents) -> None:
