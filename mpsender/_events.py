@@ -54,6 +54,157 @@ def convert(value: Any) -> Any:
     raise TypeError(f"can not serialize {type(value).__qualname__!r} object")
 
 
+#: How deep dicts and lists may nest in a record, the record itself being level 1 (its
+#: properties level 2): ormsgpack's limit, so what it packs needs no check. msgpack alone
+#: would nest to 1024, deeper than the sender's JSON encoders take.
+MAX_DEPTH = 255
+
+#: what msgpack packs without ``convert`` (subclasses included)
+_NATIVE = (str, int, float, bool, type(None), bytes, bytearray, memoryview)
+_CONTAINERS = (dict, list, tuple)
+#: exact classes that are neither containers nor need a look (the common values)
+_LEAVES = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _plain(record: Mapping[str, Any]) -> bool:
+    """True when msgpack may pack ``record`` as it is: every map key an exact str,
+    nothing nested past MAX_DEPTH. Walks containers only and copies nothing: the
+    check track() pays per call when ormsgpack is not installed."""
+    stack: list[tuple[Any, int]] = [(record, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        value, depth = pop()
+        if isinstance(value, dict):
+            for key in value:
+                if key.__class__ is not str:
+                    return False
+            value = value.values()
+        for item in value:
+            cls = item.__class__
+            if cls in _LEAVES:
+                continue
+            if cls is dict or cls is list or cls is tuple or isinstance(item, _CONTAINERS):
+                if depth >= MAX_DEPTH:  # also where a cycle ends up
+                    return False
+                push((item, depth + 1))
+    return True
+
+
+def _checked(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``record`` as the wire will read it, or UnserializableError naming the
+    first problem found by its key path.
+
+    Map keys become the strings the wire sends (``json_key`` of the key as the sender
+    unpacks it); values ``convert`` takes are converted. Refused: what ``convert``
+    refuses, integers past 64 bits, strings with a lone surrogate (not UTF-8), two keys
+    of one object that become the same string, a container inside itself, nesting past
+    MAX_DEPTH. Iterative, so no input makes it raise RecursionError.
+    """
+    out: dict[str, Any] = {}
+    # (value, path, depth of its container, the container's ancestors as a chain of
+    # (id, parent) pairs, where the copy goes, under which key or index)
+    stack: list[tuple[Any, str, int, Any, Any, Any]] = [
+        (value, FIELD_NAMES.get(key, key), 1, (id(record), None), out, key) for key, value in record.items()
+    ]
+    stack.reverse()
+    while stack:
+        value, path, depth, chain, parent, slot = stack.pop()
+        for _ in range(8):  # an Enum whose value is a datetime, and so on
+            if isinstance(value, _NATIVE) or isinstance(value, _CONTAINERS):
+                break
+            try:
+                value = convert(value)
+            except TypeError:
+                raise UnserializableError(path, value) from None
+        if isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**64:
+                raise UnserializableError(path, value)
+        elif isinstance(value, _CONTAINERS):
+            link = chain
+            while link is not None:
+                if link[0] == id(value):
+                    raise UnserializableError(path, value, "circular reference: the value contains itself")
+                link = link[1]
+            if depth >= MAX_DEPTH:
+                raise UnserializableError(
+                    path, value, f"nested deeper than {MAX_DEPTH - 1} levels of dicts and lists")
+            chain = (id(value), chain)
+            children: list[tuple[Any, str, int, Any, Any, Any]] = []
+            if isinstance(value, dict):
+                mapping: dict[str, Any] = {}
+                origin: dict[str, Any] = {}
+                for key, item in value.items():
+                    text = _key_text(key, path)
+                    key_path = f"{path}.{text}" if key.__class__ is str else f"{path}[{key!r}]"
+                    if text in mapping:
+                        raise UnserializableError(
+                            key_path + " (key)", key,
+                            f"becomes the JSON key {text!r}, as key {origin[text]!r} does; "
+                            "keys are sent as strings, so one would overwrite the other")
+                    origin[text] = key
+                    mapping[text] = None  # keeps the order; filled when the child is done
+                    children.append((item, key_path, depth + 1, chain, mapping, text))
+                value = mapping
+            else:
+                array: list[Any] = [None] * len(value)
+                children.extend((item, f"{path}[{i}]", depth + 1, chain, array, i) for i, item in enumerate(value))
+                value = array
+            children.reverse()
+            stack.extend(children)
+        parent[slot] = value
+    return out
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnserializableError(
+            path, text, f"string is not valid UTF-8: lone surrogate {text[exc.start]!r} at index {exc.start}"
+        ) from None
+
+
+def _key_text(key: Any, path: str) -> str:
+    """The JSON key the wire sends for the map key ``key``."""
+    if isinstance(key, str):
+        _check_text(key, f"{path}[{key!r}] (key)")
+        return key
+    try:  # what the sender will unpack: arrays as tuples, datetimes as strings ...
+        unpacked = msgpack.unpackb(msgpack.packb(key, default=convert, use_bin_type=True, datetime=False),
+                                   raw=False, strict_map_key=False, use_list=False)
+    except UnicodeEncodeError:
+        raise UnserializableError(f"{path}[{key!r}] (key)", key, "contains a string that is not valid UTF-8") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UnserializableError(f"{path}[{key!r}] (key)", key) from None
+    return json_key(unpacked)
+
+
+def json_key(key: Any) -> str:
+    """The JSON object key for a map key of an unpacked record: a str as it is, bytes
+    as UTF-8 (invalid bytes replaced), anything else its ``str()`` (``1`` -> ``"1"``,
+    ``True`` -> ``"True"``, ``(1, 2)`` -> ``"(1, 2)"``). ``track()`` turns keys into these
+    strings before it writes a record; the sender applies it to records written by
+    earlier versions."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (bytes, bytearray)):
+        return bytes(key).decode("utf-8", "replace")
+    return str(key)
+
+
+def explain_unpackable(record: Mapping[str, Any], exc: Exception) -> Exception:
+    """The UnserializableError naming the key path of what ``pack(record)`` refused."""
+    if isinstance(exc, UnserializableError):
+        return exc
+    try:
+        _checked(record)
+    except UnserializableError as found:
+        return found
+    return UnserializableError("event", exc)
+
+
 _local = threading.local()
 
 _fast_packb: Callable[..., bytes] | None
@@ -78,20 +229,25 @@ except (ImportError, AttributeError):  # pragma: no cover - not installed, or to
 
 
 def pack(record: dict[str, Any]) -> bytes:
-    """msgpack ``record``.
+    """msgpack ``record``, or raise (``explain_unpackable`` names the culprit).
 
     With ormsgpack installed it packs (0.33 µs against 0.70 µs for msgpack's Packer on
-    the benchmark's record); what it refuses (non-str map keys, subclasses of str or
-    dict) goes to msgpack, which gives the bytes or raises the error it always did.
-    Without it, one msgpack Packer per thread: half the cost of ``msgpack.packb``,
-    which builds a new Packer on every call (0.77 µs against 1.57 µs).
+    the benchmark's record). What it refuses (non-str map keys, subclasses of str or
+    dict, nesting past MAX_DEPTH, what ``convert`` refuses) goes to msgpack; without it,
+    one msgpack Packer per thread: half the cost of ``msgpack.packb``, which builds a new
+    Packer on every call (0.77 µs against 1.57 µs). msgpack takes any map key and nests
+    to 1024, so a record with a non-str key or nested too deep is first checked and
+    copied by ``_checked``: its keys become the strings the wire would send (two that
+    become one raise), and the depth is bounded.
     """
     if _fast_packb is not None:
         try:
             return _fast_packb(record, default=convert, option=_FAST_OPTIONS)
         except Exception:  # noqa: BLE001 - msgpack below decides: same bytes, or the error
             pass
-    return _pack_msgpack(record)
+    if _plain(record):
+        return _pack_msgpack(record)
+    return _pack_msgpack(_checked(record))
 
 
 def _pack_msgpack(record: dict[str, Any]) -> bytes:
@@ -190,48 +346,6 @@ def _bad_timestamp(value: object, why: str) -> InvalidEventError:
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return InvalidEventError(f"timestamp {shown} {why}")
-
-
-_NATIVE = (str, int, float, bool, type(None), bytes)
-
-
-def explain_unpackable(record: Mapping[str, Any], exc: Exception) -> Exception:
-    """Find the key path of the first value msgpack cannot carry."""
-    for short, long_name in FIELD_NAMES.items():
-        if short in record:
-            found = _find_bad(record[short], long_name)
-            if found is not None:
-                path, value = found
-                return UnserializableError(path, value)
-    return UnserializableError("event", exc)
-
-
-def _find_bad(value: Any, path: str) -> tuple[str, Any] | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not -(2**63) <= value < 2**64:
-            return path, value
-        return None
-    if isinstance(value, _NATIVE):
-        return None
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, (str, int, float, bool)):
-                return f"{path}[{key!r}] (key)", key
-            found = _find_bad(item, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key!r}]")
-            if found is not None:
-                return found
-        return None
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            found = _find_bad(item, f"{path}[{index}]")
-            if found is not None:
-                return found
-        return None
-    try:
-        converted = convert(value)
-    except TypeError:
-        return path, value
-    return _find_bad(converted, path)
 
 
 # --- capture_error ---------------------------------------------------------------

@@ -27,6 +27,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from ._events import json_key
+
 FORMATS: Final = ("json", "posthog", "segment")
 
 _json_fast = json.JSONEncoder(
@@ -169,7 +171,7 @@ def _to_json_bytes(obj: Any) -> bytes:
 def _sanitize(value: Any) -> Any:
     """A copy of ``value`` that strict JSON can hold (the slow path)."""
     if isinstance(value, dict):
-        return {_sanitize_key(k): _sanitize(v) for k, v in value.items()}
+        return {json_key(k): _sanitize(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_sanitize(v) for v in value]
     if isinstance(value, float):
@@ -179,14 +181,6 @@ def _sanitize(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", "replace")
     return str(value)
-
-
-def _sanitize_key(key: Any) -> str:
-    if isinstance(key, str):
-        return key
-    if isinstance(key, (bytes, bytearray)):
-        return bytes(key).decode("utf-8", "replace")
-    return str(key)
 
 
 def _merge_headers(base: dict[str, str], extra: Mapping[str, str] | None) -> dict[str, str]:

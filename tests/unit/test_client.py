@@ -113,6 +113,90 @@ def test_unserializable_value_is_named_by_its_key_path(events: CapturedEvents) -
     assert events == []
 
 
+@pytest.fixture(params=["ormsgpack", "msgpack"])
+def packing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[CapturedEvents]:
+    """Captured events, packed with ormsgpack (the ``fast`` extra) or with msgpack alone."""
+    from mpsender import _events
+
+    if request.param == "ormsgpack":
+        pytest.importorskip("ormsgpack")
+    else:
+        monkeypatch.setattr(_events, "_fast_packb", None)
+    with capture() as captured:
+        yield captured
+
+
+def _nested(levels: int, leaf: Any = 1) -> dict[str, Any]:
+    """``{"k": {"k": ... leaf}}`` with ``levels`` dicts."""
+    value: Any = leaf
+    for _ in range(levels):
+        value = {"k": value}
+    return value  # type: ignore[no-any-return]
+
+
+def _circular() -> dict[str, Any]:
+    a: dict[str, Any] = {"n": 1}
+    a["b"] = {"a": a}
+    return {"a": a}
+
+
+#: properties refused with the key path and the reason: (properties, path, text of the message)
+BAD_PROPERTIES: list[tuple[Any, str, str]] = [
+    (_circular(), "properties.a.b.a", "circular reference"),
+    ({"l": [1, [2]]}, "", ""),  # placeholder replaced below: a list inside itself
+    (_nested(254, {"x": 1}), "properties.k.k", "nested deeper than 254 levels"),
+    (_nested(100_000), "properties.k.k", "nested deeper than 254 levels"),
+    ({"a": {"b": ["ok", "\ud800"]}}, "properties.a.b[1]", "lone surrogate '\\ud800' at index 0"),
+    ({"a": {"x\udcff": 1}}, "properties.a['x\\udcff'] (key)", "lone surrogate '\\udcff' at index 1"),
+    ({"a": {1: "one", "1": "uno"}}, "properties.a.1 (key)", "becomes the JSON key '1', as key 1 does"),
+    ({"a": [{"True": 1, True: 2}]}, "properties.a[0][True] (key)", "becomes the JSON key 'True'"),
+    ({"n": {frozenset({3}): 1, "(3,)": 2}}, "properties.n.(3,) (key)", "JSON key '(3,)'"),
+]
+_looped: list[Any] = [1]
+_looped.append([2, _looped])
+BAD_PROPERTIES[1] = ({"l": _looped}, "properties.l[1][1]", "circular reference")
+
+
+@pytest.mark.parametrize(("properties", "path", "message"), BAD_PROPERTIES,
+                         ids=["circular-dict", "circular-list", "too-deep", "very-deep", "surrogate-value",
+                              "surrogate-key", "int-key-collides", "bool-key-collides", "set-key-collides"])
+def test_values_json_cannot_carry_are_named_by_key_path(
+    packing: CapturedEvents, properties: Any, path: str, message: str,
+) -> None:
+    """Cycles, nesting past the limit, lone surrogates and keys that collide once made strings
+    raise UnserializableError naming the path, never RecursionError; the same with or without ormsgpack."""
+    text = expect_error(UnserializableError, message, lambda: mpsender.track("A", user_id="u", properties=properties))
+    assert text.startswith(path), text
+    assert packing == []
+    mpsender.track("B", user_id="u", properties={"ok": 1})  # the thread's packer still works
+    assert [e["event"] for e in packing] == ["B"]
+
+
+def test_the_deepest_event_track_takes_is_sent(packing: CapturedEvents) -> None:
+    """Properties nested 254 levels deep (the properties dict is level 1) are sent, on both paths."""
+    mpsender.track("A", user_id="u", properties=_nested(253, [1]), context={"deep": _nested(252)})
+    [event] = packing
+    value = event["properties"]
+    for _ in range(253):
+        value = value["k"]
+    assert value == [1]
+
+
+def test_traits_and_context_are_checked_like_properties(packing: CapturedEvents) -> None:
+    """The path names traits or context when the problem is there."""
+    expect_error(UnserializableError, "traits.a.b.a: circular", lambda: mpsender.identify("u", traits=_circular()))
+    expect_error(UnserializableError, "context.x['\\ud800'] (key)",
+                 lambda: mpsender.track("A", user_id="u", context={"x": {"\ud800": 1}}))
+
+
+def test_odd_keys_are_made_strings_in_the_record(packing: CapturedEvents) -> None:
+    """Non-str keys are sent as their str() on both paths (bool as 'True', arrays as tuples)."""
+    mpsender.track("A", user_id="u", properties={2: "int", True: "bool", None: "none", 1.5: "float",
+                                                 (1, "x"): "tuple", b"b": "bytes", "s": {2: [{3: 4}]}})
+    assert packing[0]["properties"] == {"2": "int", "True": "bool", "None": "none", "1.5": "float",
+                                        "(1, 'x')": "tuple", "b": "bytes", "s": {"2": [{"3": 4}]}}
+
+
 def test_oversize_event_raises_with_size_and_limit(events: CapturedEvents) -> None:
     """An event over max_message_bytes raises EventTooLargeError giving both sizes."""
     with pytest.raises(EventTooLargeError) as info:
