@@ -557,6 +557,110 @@ def test_before_send_given_to_init_is_used(runtime_dir: str) -> None:
     assert events[0]["properties"] == {"tagged": True}
 
 
+# --- capture_error never replaces the app's exception ---------------------------------
+
+
+class StrRaises(ValueError):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ is broken")
+
+
+class StrNotText(ValueError):
+    def __str__(self) -> str:
+        return 5  # type: ignore[return-value]
+
+
+class StrRecurses(ValueError):
+    def __str__(self) -> str:
+        return str(self)
+
+
+class OddTraceback(ValueError):
+    __traceback__ = property(lambda self: "not a traceback")  # type: ignore[assignment]
+
+
+def _raised_in_file_named(filename: str) -> BaseException:
+    """An exception whose traceback names ``filename`` (undecodable names arrive as surrogates)."""
+    code = compile("def fail():\n    raise KeyError('k')\nfail()\n", filename, "exec")
+    try:
+        exec(code, {})
+    except KeyError as exc:
+        return exc
+    raise AssertionError("did not raise")
+
+
+#: exceptions that are awkward to describe: (exception, error_message sent)
+ODD_EXCEPTIONS: list[tuple[Callable[[], BaseException], str]] = [
+    (StrRaises, "<unprintable test_client.StrRaises>"),
+    (StrNotText, "<unprintable test_client.StrNotText>"),
+    (StrRecurses, "<unprintable test_client.StrRecurses>"),
+    (lambda: ValueError("name \udcff\ud800 here"), "name \\udcff\\ud800 here"),
+    (lambda: OddTraceback("odd"), "odd"),
+    (lambda: _raised_in_file_named("/nowhere/caf\udce9.py"), "'k'"),
+]
+
+
+@pytest.mark.parametrize(("make", "message"), ODD_EXCEPTIONS,
+                         ids=["str-raises", "str-not-text", "str-recurses", "surrogates", "odd-traceback",
+                              "undecodable-file-name"])
+def test_capture_error_never_replaces_the_exception(
+    events: CapturedEvents, make: Callable[[], BaseException], message: str,
+) -> None:
+    """An exception that cannot be printed, holds text that is not UTF-8 or has an odd traceback
+    is still sent as a $error event, and the app's own exception goes on up unchanged."""
+    original = make()
+    with pytest.raises(type(original)) as info:
+        try:
+            raise original
+        except BaseException as exc:
+            mpsender.capture_error(exc)
+            raise
+    assert info.value is original
+    [event] = events
+    props = event["properties"]
+    assert event["event"] == "$error" and props["error_type"].endswith(type(original).__qualname__)
+    assert props["error_message"].replace("tests.unit.", "") == message
+    assert len(props["fingerprint"]) == 16 and isinstance(props["stack"], list)
+    assert mpsender.stats().process.rejected == 0
+
+
+def test_capture_error_names_an_undecodable_file_escaped(events: CapturedEvents) -> None:
+    """A traceback file name holding a lone surrogate is sent with it escaped, not dropped."""
+    mpsender.capture_error(_raised_in_file_named("/nowhere/caf\udce9.py"))
+    frames = events[0]["properties"]["stack"]
+    assert frames[-1]["filename"] == "/nowhere/caf\\udce9.py" and frames[-1]["function"] == "fail"
+
+
+#: capture_error() arguments that would make track() raise: (kwargs, what the event keeps)
+BAD_CAPTURE_ARGS: list[tuple[dict[str, Any], dict[str, Any]]] = [
+    ({"user_id": "u", "properties": {"order": object()}}, {"userId": "u"}),
+    ({"user_id": "u", "properties": ["not", "a", "dict"]}, {"userId": "u"}),
+    ({"user_id": "u", "properties": {"blob": "x" * 40_000}}, {"userId": "u"}),
+    ({"user_id": "u", "context": {"x": {"\ud800": 1}}}, {"userId": "u"}),
+    ({"user_id": ["u"], "properties": {"ok": 1}}, {"anonymousId": f"host:{socket.gethostname()}"}),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "kept"), BAD_CAPTURE_ARGS,
+                         ids=["unserializable", "not-a-dict", "oversize", "bad-context", "bad-user-id"])
+def test_capture_error_sends_without_bad_arguments_and_warns_once(
+    events: CapturedEvents, caplog: pytest.LogCaptureFixture, kwargs: dict[str, Any], kept: dict[str, Any],
+) -> None:
+    """Bad properties, context or ids make capture_error() send the $error event without them,
+    log one warning and count a rejection; it raises nothing."""
+    with caplog.at_level(logging.WARNING, logger="mpsender"):
+        mpsender.capture_error(ValueError("first"), **kwargs)
+        mpsender.capture_error(ValueError("second"), **kwargs)
+    assert [e["properties"]["error_message"] for e in events] == ["first", "second"]
+    for event in events:
+        assert set(event["properties"]) == {"error_type", "error_message", "stack", "fingerprint", "in_app_frame"}
+        assert {k: event[k] for k in kept} == kept
+        assert "x" not in event["context"]
+    assert mpsender.stats().process.rejected == 2
+    warnings = [r for r in caplog.records if "capture_error()" in r.getMessage()]
+    assert len(warnings) == 1 and "without the caller's properties and context" in warnings[0].getMessage()
+
+
 # --- super properties and context ------------------------------------------------------
 
 
