@@ -68,8 +68,8 @@ _LEAVES = frozenset({str, int, float, bool, type(None), bytes})
 
 def _plain(record: Mapping[str, Any]) -> bool:
     """True when msgpack may pack ``record`` as it is: every map key an exact str,
-    nothing nested past MAX_DEPTH. Walks containers only and copies nothing: the
-    check track() pays per call when ormsgpack is not installed."""
+    nothing nested past MAX_DEPTH. Walks containers only and copies nothing: after
+    ormsgpack refused a record (a str subclass, say), the cheap way to the same bytes."""
     stack: list[tuple[Any, int]] = [(record, 1)]
     pop, push = stack.pop, stack.append
     while stack:
@@ -233,21 +233,24 @@ def pack(record: dict[str, Any]) -> bytes:
 
     With ormsgpack installed it packs (0.33 µs against 0.70 µs for msgpack's Packer on
     the benchmark's record). What it refuses (non-str map keys, subclasses of str or
-    dict, nesting past MAX_DEPTH, what ``convert`` refuses) goes to msgpack; without it,
-    one msgpack Packer per thread: half the cost of ``msgpack.packb``, which builds a new
-    Packer on every call (0.77 µs against 1.57 µs). msgpack takes any map key and nests
-    to 1024, so a record with a non-str key or nested too deep is first checked and
-    copied by ``_checked``: its keys become the strings the wire would send (two that
-    become one raise), and the depth is bounded.
+    dict, nesting past MAX_DEPTH, lone surrogates, what ``convert`` refuses) goes to
+    msgpack, after ``_checked`` has copied it with its keys made the strings the wire
+    sends (two that become one raise) when it has other keys or nests too deep.
+
+    Without ormsgpack, one msgpack Packer per thread: half the cost of
+    ``msgpack.packb``, which builds a new Packer on every call (0.77 µs against 1.57
+    µs). msgpack takes any map key and nests to 1024, and finding out whether a record
+    needs ``_checked`` would take a walk of every event (about 1 µs, a third of
+    ``track()``); so such records are written as they are, and ``unpack`` makes their
+    keys strings in the sender (or dead-letters one with two keys that collide).
     """
-    if _fast_packb is not None:
-        try:
-            return _fast_packb(record, default=convert, option=_FAST_OPTIONS)
-        except Exception:  # noqa: BLE001 - msgpack below decides: same bytes, or the error
-            pass
-    if _plain(record):
+    if _fast_packb is None:
         return _pack_msgpack(record)
-    return _pack_msgpack(_checked(record))
+    try:
+        return _fast_packb(record, default=convert, option=_FAST_OPTIONS)
+    except Exception:  # noqa: BLE001 - msgpack below decides: same bytes, or the error
+        pass
+    return _pack_msgpack(record if _plain(record) else _checked(record))
 
 
 def _pack_msgpack(record: dict[str, Any]) -> bytes:
@@ -267,14 +270,25 @@ def unpack(payload: bytes) -> Any:
 
     ormsgpack when installed (1.0 µs against 1.7 µs per benchmark record); msgpack for
     what it refuses (non-str map keys), with arrays as tuples so that an array used as
-    a map key stays hashable. Raises ``ValueError`` (or a subclass) on a malformed record.
+    a map key stays hashable, and then map keys made the strings the wire sends (as
+    ``track()`` makes them when ormsgpack is installed). Raises ``ValueError`` (or a
+    subclass) on a malformed record, or one with two keys that become one string.
     """
     if _fast_unpackb is not None:
         try:
             return _fast_unpackb(payload)
         except Exception:  # noqa: BLE001 - msgpack below decides
             pass
-    return msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=False)
+    try:
+        return msgpack.unpackb(payload, raw=False, use_list=False)  # str (or bytes) keys only
+    except ValueError:  # another key (or a malformed record: raised again below)
+        record = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=False)
+    if not isinstance(record, dict):
+        return record
+    try:  # written without ormsgpack, or by an earlier version: keys made strings here
+        return _checked(record)
+    except UnserializableError as exc:
+        raise ValueError(f"record cannot be sent: {exc}") from None
 
 
 #: The timestamps an event may carry, in epoch seconds: 0001-01-01T00:00:00.000Z to
