@@ -240,8 +240,8 @@ def pack(record: dict[str, Any]) -> bytes:
     Without ormsgpack, one msgpack Packer per thread: half the cost of
     ``msgpack.packb``, which builds a new Packer on every call (0.77 µs against 1.57
     µs). msgpack takes any map key and nests to 1024, and finding out whether a record
-    needs ``_checked`` would take a walk of every event (about 1 µs, a third of
-    ``track()``); so such records are written as they are, and ``unpack`` makes their
+    needs ``_checked`` would take a walk of every event (a large share of what
+    ``track()`` costs); so such records are written as they are, and ``unpack`` makes their
     keys strings in the sender (or dead-letters one with two keys that collide).
     """
     if _fast_packb is None:
