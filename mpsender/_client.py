@@ -81,6 +81,7 @@ class Client:
         self._tracked = 0
         self._hook_dropped = 0
         self._hook_failed = False
+        self._capture_failed = False  # capture_error() warned about its arguments
         self._hook = options.before_send
         self._max = options.max_message_bytes
         self._props = dict(options.properties)
@@ -255,15 +256,39 @@ class Client:
     ) -> None:
         """Send a ``$error`` track event: type, message, a bounded stack and a stable
         fingerprint (type + message shape + first in-app frame). Without a user the
-        event is attributed to ``anonymous_id="host:<hostname>"``."""
+        event is attributed to ``anonymous_id="host:<hostname>"``.
+
+        Meant for ``except`` blocks, so it never replaces the exception being handled:
+        an exception whose ``__str__`` raises or whose text is not UTF-8 is sent with a
+        placeholder, and when ``properties``, ``context`` or the ids would make
+        ``track()`` raise, the error event is sent without them (logged once, counted
+        in ``stats().process.rejected``). Only a non-exception ``exc`` raises.
+        """
         if self._off:
             return
         props = self._check(error_properties, exc)
-        if properties:
-            props.update(self._merge(properties, None, "properties"))
+        host = f"host:{socket.gethostname()}"
         if user_id is None and anonymous_id is None:
-            anonymous_id = f"host:{socket.gethostname()}"
-        self.track("$error", user_id=user_id, anonymous_id=anonymous_id, properties=props, context=context)
+            anonymous_id = host
+        try:
+            given = self._merge(properties, None, "properties") if properties is not None else {}
+            self.track("$error", user_id=user_id, anonymous_id=anonymous_id,
+                       properties={**props, **given}, context=context)
+            return
+        except MpsenderError as bad:  # already counted as rejected where it was raised
+            problem = bad
+        if not self._capture_failed:
+            self._capture_failed = True
+            logger.warning("capture_error(): %s; sending the $error event without the caller's "
+                           "properties and context (logged once)", problem)
+        try:
+            identity(user_id, anonymous_id)
+        except MpsenderError:  # the ids were the problem (or one of them)
+            user_id, anonymous_id = None, host
+        try:
+            self.track("$error", user_id=user_id, anonymous_id=anonymous_id, properties=props)
+        except MpsenderError:  # over a very small max_message_bytes: counted once more, and given up
+            pass
 
     # --- internals -----------------------------------------------------------------------
 
@@ -383,6 +408,11 @@ class Client:
             if out.get(key) is None:
                 out[key] = rec[key]
         problem = _unsendable(out)
+        if problem is None and out["ts"] is not rec["ts"]:
+            try:  # a hook's timestamp is held to what track() takes, and stored as track() stores it
+                out["ts"] = to_timestamp(out["ts"])
+            except MpsenderError as exc:
+                problem = str(exc)
         if problem is None:
             try:
                 if len(pack(out)) > self._max:

@@ -11,6 +11,7 @@ import datetime as _dt
 import enum
 import hashlib
 import itertools
+import math
 import os
 import re
 import sys
@@ -77,6 +78,157 @@ class MessageIds:
         return self.prefix + next(self.seq).to_bytes(8, "big")
 
 
+#: How deep dicts and lists may nest in a record, the record itself being level 1 (its
+#: properties level 2): ormsgpack's limit, so what it packs needs no check. msgpack alone
+#: would nest to 1024, deeper than the sender's JSON encoders take.
+MAX_DEPTH = 255
+
+#: what msgpack packs without ``convert`` (subclasses included)
+_NATIVE = (str, int, float, bool, type(None), bytes, bytearray, memoryview)
+_CONTAINERS = (dict, list, tuple)
+#: exact classes that are neither containers nor need a look (the common values)
+_LEAVES = frozenset({str, int, float, bool, type(None), bytes})
+
+
+def _plain(record: Mapping[str, Any]) -> bool:
+    """True when msgpack may pack ``record`` as it is: every map key an exact str,
+    nothing nested past MAX_DEPTH. Walks containers only and copies nothing: after
+    ormsgpack refused a record (a str subclass, say), the cheap way to the same bytes."""
+    stack: list[tuple[Any, int]] = [(record, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        value, depth = pop()
+        if isinstance(value, dict):
+            for key in value:
+                if key.__class__ is not str:
+                    return False
+            value = value.values()
+        for item in value:
+            cls = item.__class__
+            if cls in _LEAVES:
+                continue
+            if cls is dict or cls is list or cls is tuple or isinstance(item, _CONTAINERS):
+                if depth >= MAX_DEPTH:  # also where a cycle ends up
+                    return False
+                push((item, depth + 1))
+    return True
+
+
+def _checked(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``record`` as the wire will read it, or UnserializableError naming the
+    first problem found by its key path.
+
+    Map keys become the strings the wire sends (``json_key`` of the key as the sender
+    unpacks it); values ``convert`` takes are converted. Refused: what ``convert``
+    refuses, integers past 64 bits, strings with a lone surrogate (not UTF-8), two keys
+    of one object that become the same string, a container inside itself, nesting past
+    MAX_DEPTH. Iterative, so no input makes it raise RecursionError.
+    """
+    out: dict[str, Any] = {}
+    # (value, path, depth of its container, the container's ancestors as a chain of
+    # (id, parent) pairs, where the copy goes, under which key or index)
+    stack: list[tuple[Any, str, int, Any, Any, Any]] = [
+        (value, FIELD_NAMES.get(key, key), 1, (id(record), None), out, key) for key, value in record.items()
+    ]
+    stack.reverse()
+    while stack:
+        value, path, depth, chain, parent, slot = stack.pop()
+        for _ in range(8):  # an Enum whose value is a datetime, and so on
+            if isinstance(value, _NATIVE) or isinstance(value, _CONTAINERS):
+                break
+            try:
+                value = convert(value)
+            except TypeError:
+                raise UnserializableError(path, value) from None
+        if isinstance(value, str):
+            _check_text(value, path)
+        elif isinstance(value, int) and not isinstance(value, bool):
+            if not -(2**63) <= value < 2**64:
+                raise UnserializableError(path, value)
+        elif isinstance(value, _CONTAINERS):
+            link = chain
+            while link is not None:
+                if link[0] == id(value):
+                    raise UnserializableError(path, value, "circular reference: the value contains itself")
+                link = link[1]
+            if depth >= MAX_DEPTH:
+                raise UnserializableError(
+                    path, value, f"nested deeper than {MAX_DEPTH - 1} levels of dicts and lists")
+            chain = (id(value), chain)
+            children: list[tuple[Any, str, int, Any, Any, Any]] = []
+            if isinstance(value, dict):
+                mapping: dict[str, Any] = {}
+                origin: dict[str, Any] = {}
+                for key, item in value.items():
+                    text = _key_text(key, path)
+                    key_path = f"{path}.{text}" if key.__class__ is str else f"{path}[{key!r}]"
+                    if text in mapping:
+                        raise UnserializableError(
+                            key_path + " (key)", key,
+                            f"becomes the JSON key {text!r}, as key {origin[text]!r} does; "
+                            "keys are sent as strings, so one would overwrite the other")
+                    origin[text] = key
+                    mapping[text] = None  # keeps the order; filled when the child is done
+                    children.append((item, key_path, depth + 1, chain, mapping, text))
+                value = mapping
+            else:
+                array: list[Any] = [None] * len(value)
+                children.extend((item, f"{path}[{i}]", depth + 1, chain, array, i) for i, item in enumerate(value))
+                value = array
+            children.reverse()
+            stack.extend(children)
+        parent[slot] = value
+    return out
+
+
+def _check_text(text: str, path: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise UnserializableError(
+            path, text, f"string is not valid UTF-8: lone surrogate {text[exc.start]!r} at index {exc.start}"
+        ) from None
+
+
+def _key_text(key: Any, path: str) -> str:
+    """The JSON key the wire sends for the map key ``key``."""
+    if isinstance(key, str):
+        _check_text(key, f"{path}[{key!r}] (key)")
+        return key
+    try:  # what the sender will unpack: arrays as tuples, datetimes as strings ...
+        unpacked = msgpack.unpackb(msgpack.packb(key, default=convert, use_bin_type=True, datetime=False),
+                                   raw=False, strict_map_key=False, use_list=False)
+    except UnicodeEncodeError:
+        raise UnserializableError(f"{path}[{key!r}] (key)", key, "contains a string that is not valid UTF-8") from None
+    except (TypeError, ValueError, OverflowError):
+        raise UnserializableError(f"{path}[{key!r}] (key)", key) from None
+    return json_key(unpacked)
+
+
+def json_key(key: Any) -> str:
+    """The JSON object key for a map key of an unpacked record: a str as it is, bytes
+    as UTF-8 (invalid bytes replaced), anything else its ``str()`` (``1`` -> ``"1"``,
+    ``True`` -> ``"True"``, ``(1, 2)`` -> ``"(1, 2)"``). ``track()`` turns keys into these
+    strings before it writes a record; the sender applies it to records written by
+    earlier versions."""
+    if isinstance(key, str):
+        return key
+    if isinstance(key, (bytes, bytearray)):
+        return bytes(key).decode("utf-8", "replace")
+    return str(key)
+
+
+def explain_unpackable(record: Mapping[str, Any], exc: Exception) -> Exception:
+    """The UnserializableError naming the key path of what ``pack(record)`` refused."""
+    if isinstance(exc, UnserializableError):
+        return exc
+    try:
+        _checked(record)
+    except UnserializableError as found:
+        return found
+    return UnserializableError("event", exc)
+
+
 _local = threading.local()
 
 _fast_packb: Callable[..., bytes] | None
@@ -101,20 +253,28 @@ except (ImportError, AttributeError):  # pragma: no cover - not installed, or to
 
 
 def pack(record: dict[str, Any]) -> bytes:
-    """msgpack ``record``.
+    """msgpack ``record``, or raise (``explain_unpackable`` names the culprit).
 
     With ormsgpack installed it packs (0.33 µs against 0.70 µs for msgpack's Packer on
-    the benchmark's record); what it refuses (non-str map keys, subclasses of str or
-    dict) goes to msgpack, which gives the bytes or raises the error it always did.
-    Without it, one msgpack Packer per thread: half the cost of ``msgpack.packb``,
-    which builds a new Packer on every call (0.77 µs against 1.57 µs).
+    the benchmark's record). What it refuses (non-str map keys, subclasses of str or
+    dict, nesting past MAX_DEPTH, lone surrogates, what ``convert`` refuses) goes to
+    msgpack, after ``_checked`` has copied it with its keys made the strings the wire
+    sends (two that become one raise) when it has other keys or nests too deep.
+
+    Without ormsgpack, one msgpack Packer per thread: half the cost of
+    ``msgpack.packb``, which builds a new Packer on every call (0.77 µs against 1.57
+    µs). msgpack takes any map key and nests to 1024, and finding out whether a record
+    needs ``_checked`` would take a walk of every event (a large share of what
+    ``track()`` costs); so such records are written as they are, and ``unpack`` makes their
+    keys strings in the sender (or dead-letters one with two keys that collide).
     """
-    if _fast_packb is not None:
-        try:
-            return _fast_packb(record, default=convert, option=_FAST_OPTIONS)
-        except Exception:  # noqa: BLE001 - msgpack below decides: same bytes, or the error
-            pass
-    return _pack_msgpack(record)
+    if _fast_packb is None:
+        return _pack_msgpack(record)
+    try:
+        return _fast_packb(record, default=convert, option=_FAST_OPTIONS)
+    except Exception:  # noqa: BLE001 - msgpack below decides: same bytes, or the error
+        pass
+    return _pack_msgpack(record if _plain(record) else _checked(record))
 
 
 def _pack_msgpack(record: dict[str, Any]) -> bytes:
@@ -135,71 +295,96 @@ def unpack(payload: bytes) -> Any:
 
     ormsgpack when installed (1.0 µs against 1.7 µs per benchmark record); msgpack for
     what it refuses (non-str map keys), with arrays as tuples so that an array used as
-    a map key stays hashable. Raises ``ValueError`` (or a subclass) on a malformed record.
+    a map key stays hashable, and then map keys made the strings the wire sends (as
+    ``track()`` makes them when ormsgpack is installed). Raises ``ValueError`` (or a
+    subclass) on a malformed record, or one with two keys that become one string.
     """
     if _fast_unpackb is not None:
         try:
             return _fast_unpackb(payload)
         except Exception:  # noqa: BLE001 - msgpack below decides
             pass
-    return msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=False)
+    try:
+        return msgpack.unpackb(payload, raw=False, use_list=False)  # str (or bytes) keys only
+    except ValueError:  # another key (or a malformed record: raised again below)
+        record = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=False)
+    if not isinstance(record, dict):
+        return record
+    try:  # written without ormsgpack, or by an earlier version: keys made strings here
+        return _checked(record)
+    except UnserializableError as exc:
+        raise ValueError(f"record cannot be sent: {exc}") from None
 
 
-def to_timestamp(value: Any) -> float | str:
-    """A user-given timestamp: datetime (naive = UTC), epoch seconds, or an ISO string."""
+#: The timestamps an event may carry, in epoch seconds: 0001-01-01T00:00:00.000Z to
+#: 9999-12-31T23:59:59.999Z, what ``datetime`` can represent and the wire's four-digit
+#: years print (the upper bound is the last millisecond: the wire rounds to one).
+MIN_TIMESTAMP = -62135596800.0
+MAX_TIMESTAMP = 253402300799.999
+
+# ISO-8601 date and time as people write it (RFC 3339 and the shapes of isoformat()):
+# 'T', 't' or a space between date and time, seconds and a fraction optional, 'Z' or an
+# offset (+05:30, +0530, +05) or nothing (UTC). A regex, not datetime.fromisoformat:
+# that takes more shapes on 3.11+ than on 3.10, and no 'Z' on 3.10.
+_ISO = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
+    r"(?:[Zz]|([+-])(\d{2})(?::?(\d{2}))?)?",
+    re.ASCII,
+)
+
+
+def to_timestamp(value: Any) -> float:
+    """A user-given timestamp as epoch seconds, the way ``track()`` stores it.
+
+    A datetime (naive = UTC), epoch seconds (int or float), or an ISO-8601 string
+    (naive = UTC), between MIN_TIMESTAMP and MAX_TIMESTAMP. Anything else raises here,
+    in the caller's process, naming ``timestamp`` and the value: the sender could only
+    drop such an event, or send it as given.
+    """
     if isinstance(value, _dt.datetime):
         moment: _dt.datetime = value if value.tzinfo is not None else value.replace(tzinfo=_UTC)
-        return moment.timestamp()
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str) and value:
-        return value
-    raise EventTypeError(
-        f"timestamp must be a datetime, epoch seconds or an ISO-8601 string, "
-        f"not {type(value).__qualname__}"
-    )
+        seconds = moment.timestamp()
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            seconds = float(value)
+        except OverflowError:  # an int past the float range
+            raise _bad_timestamp(value, "is out of range") from None
+    elif isinstance(value, str):
+        seconds = _parse_iso(value)
+    else:
+        raise EventTypeError(
+            f"timestamp must be a datetime, epoch seconds or an ISO-8601 string, "
+            f"not {type(value).__qualname__}"
+        )
+    if MIN_TIMESTAMP <= seconds <= MAX_TIMESTAMP:
+        return seconds
+    if math.isfinite(seconds):
+        raise _bad_timestamp(value, "is out of range (years 1 to 9999, UTC)")
+    raise _bad_timestamp(value, "is not a finite number")
 
 
-_NATIVE = (str, int, float, bool, type(None), bytes)
-
-
-def explain_unpackable(record: Mapping[str, Any], exc: Exception) -> Exception:
-    """Find the key path of the first value msgpack cannot carry."""
-    for short, long_name in FIELD_NAMES.items():
-        if short in record:
-            found = _find_bad(record[short], long_name)
-            if found is not None:
-                path, value = found
-                return UnserializableError(path, value)
-    return UnserializableError("event", exc)
-
-
-def _find_bad(value: Any, path: str) -> tuple[str, Any] | None:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not -(2**63) <= value < 2**64:
-            return path, value
-        return None
-    if isinstance(value, _NATIVE):
-        return None
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, (str, int, float, bool)):
-                return f"{path}[{key!r}] (key)", key
-            found = _find_bad(item, f"{path}.{key}" if isinstance(key, str) else f"{path}[{key!r}]")
-            if found is not None:
-                return found
-        return None
-    if isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            found = _find_bad(item, f"{path}[{index}]")
-            if found is not None:
-                return found
-        return None
+def _parse_iso(text: str) -> float:
+    match = _ISO.fullmatch(text)
+    if match is None:
+        raise _bad_timestamp(text, "is not an ISO-8601 date and time, such as 2026-03-04T05:06:07Z")
+    year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
     try:
-        converted = convert(value)
-    except TypeError:
-        return path, value
-    return _find_bad(converted, path)
+        tz = _UTC
+        if sign is not None:
+            offset = _dt.timedelta(hours=int(off_h), minutes=int(off_m or 0))
+            tz = _dt.timezone(-offset if sign == "-" else offset)
+        moment = _dt.datetime(int(year), int(month), int(day), int(hour), int(minute),
+                              int(second or 0), tzinfo=tz)
+    except ValueError as exc:  # month 13, hour 24, an offset of a day or more, ...
+        raise _bad_timestamp(text, f"is not a valid date and time ({exc})") from None
+    return moment.timestamp() + (float("0." + fraction) if fraction else 0.0)
+
+
+def _bad_timestamp(value: object, why: str) -> InvalidEventError:
+    shown = repr(value)  # repr: a lone surrogate or a control character stays printable
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return InvalidEventError(f"timestamp {shown} {why}")
 
 
 # --- capture_error ---------------------------------------------------------------
@@ -224,25 +409,39 @@ def message_shape(message: str) -> str:
 def _in_app(filename: str) -> bool:
     if filename.startswith("<"):
         return False
-    real = os.path.realpath(filename)
+    try:
+        real = os.path.realpath(filename)
+    except (OSError, ValueError):  # a NUL byte, a name the file system refuses
+        return False
     return not any(real.startswith(d + os.sep) for d in _LIBRARY_DIRS) and "site-packages" not in real
 
 
 def error_properties(exc: BaseException) -> dict[str, Any]:
-    """The properties of a ``$error`` event: type, message, bounded stack, fingerprint."""
+    """The properties of a ``$error`` event: type, message, bounded stack, fingerprint.
+
+    Raises only when ``exc`` is not an exception: whatever the exception does (a
+    ``__str__`` that raises, text that is not UTF-8, an odd ``__traceback__``), this
+    gives properties that can be sent, with ``<unprintable ...>`` for what could not be
+    read. It runs in an ``except`` block of the application and must not replace the
+    exception being handled there.
+    """
     if not isinstance(exc, BaseException):
         raise EventTypeError(f"capture_error() takes an exception, not {type(exc).__qualname__}")
     etype = type(exc)
-    type_name = etype.__qualname__ if etype.__module__ == "builtins" else f"{etype.__module__}.{etype.__qualname__}"
-    message = str(exc)[:_MAX_MESSAGE]
-    tb: TracebackType | None = exc.__traceback__
-    frames = traceback.extract_tb(tb)[-MAX_STACK_FRAMES:] if tb is not None else []
-    stack = [
-        {"filename": f.filename, "lineno": f.lineno, "function": f.name, "in_app": _in_app(f.filename)}
-        for f in frames
-    ]
+    type_name = _text(etype.__qualname__ if etype.__module__ == "builtins" else f"{etype.__module__}.{etype.__qualname__}")
+    try:
+        message = _text(str(exc)[:_MAX_MESSAGE])
+    except Exception:  # noqa: BLE001 - a broken __str__ is the app's bug, not a reason to lose the event
+        message = f"<unprintable {type_name}>"
+    try:
+        stack = _stack(exc.__traceback__)
+    except Exception:  # noqa: BLE001 - an odd __traceback__: the event without a stack
+        stack = []
     anchor = next((f for f in reversed(stack) if f["in_app"]), stack[-1] if stack else None)
-    anchor_text = f"{_module_of(str(anchor['filename']))}:{anchor['function']}" if anchor else ""
+    try:
+        anchor_text = _text(f"{_module_of(str(anchor['filename']))}:{anchor['function']}") if anchor else ""
+    except Exception:  # noqa: BLE001 - an odd sys.path entry: fingerprint without the frame
+        anchor_text = ""
     fingerprint = hashlib.sha1(
         f"{type_name}\0{message_shape(message)}\0{anchor_text}".encode(), usedforsecurity=False
     ).hexdigest()[:16]
@@ -253,6 +452,24 @@ def error_properties(exc: BaseException) -> dict[str, Any]:
         "fingerprint": fingerprint,
         "in_app_frame": anchor_text,
     }
+
+
+def _stack(tb: TracebackType | None) -> list[dict[str, Any]]:
+    frames = traceback.extract_tb(tb, limit=-MAX_STACK_FRAMES) if tb is not None else []
+    return [
+        {"filename": _text(f.filename), "lineno": f.lineno, "function": _text(f.name), "in_app": _in_app(f.filename)}
+        for f in frames
+    ]
+
+
+def _text(text: str) -> str:
+    """``text`` as valid UTF-8: a lone surrogate (a file name in a foreign encoding,
+    bytes decoded with surrogateescape) becomes its escape, ``\\udcff``."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 def _module_of(filename: str) -> str:

@@ -5,9 +5,11 @@ from the builtin a caller would naturally catch (``ValueError``, ``TypeError``):
 
     MpsenderError
      ├── ConfigurationError        (ValueError)  bad option, unusable directory
-     ├── InvalidEventError         (ValueError)  bad call: empty name, missing id
+     ├── InvalidEventError         (ValueError)  bad call: empty name, missing id, bad timestamp
      │    └── EventTooLargeError                 packed event over the message limit
-     ├── UnserializableError       (TypeError)   a value msgpack cannot carry, by key path
+     ├── UnserializableError       (TypeError)   a value that cannot be sent, by key path: wrong
+     │                                           type, lone surrogate, circular or too deep,
+     │                                           two keys that become one JSON key
      ├── EventTypeError            (TypeError)   wrong type for a field (event name, ids)
      └── NotInitializedError       (RuntimeError) a module-level call before init()
 
@@ -53,19 +55,24 @@ class EventTooLargeError(InvalidEventError):
 
 
 class UnserializableError(MpsenderError, TypeError):
-    """A value in the event cannot be carried; ``path`` names where it is."""
+    """A value in the event cannot be carried; ``path`` names where it is.
 
-    def __init__(self, path: str, value: object) -> None:
+    ``reason`` says why when it is not the value's type (a lone surrogate, a cycle,
+    depth, colliding keys); without it the message is about the type or the integer.
+    """
+
+    def __init__(self, path: str, value: object, reason: str | None = None) -> None:
         self.path = path
-        if isinstance(value, int):
+        if reason is None and isinstance(value, int):
             reason = f"integer {value} is out of the 64-bit range"
-        else:
+        elif reason is None:
             reason = (
                 f"value of type {type(value).__qualname__} cannot be sent; convert it to str, "
                 "int, float, bool, None, list or dict (datetime, date, Decimal, UUID, set, "
                 "tuple and Enum are converted for you)"
             )
-        super().__init__(f"{path}: {reason}")
+        shown = path if len(path) <= 200 else f"{path[:90]} ... {path[-90:]}"  # a path 250 levels deep
+        super().__init__(f"{shown}: {reason}")
 
 
 class EventTypeError(MpsenderError, TypeError):

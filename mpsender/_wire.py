@@ -27,6 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from ._events import json_key
 from ._options import FORMATS
 
 _json_fast = json.JSONEncoder(
@@ -99,7 +100,8 @@ def format_timestamp(ts: float) -> str:
     cached = _ts_cache
     if cached[0] == sec:
         return cached[1] + _MS_SUFFIX[ms]
-    prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+    # not strftime: its %Y does not pad years before 1000 to four digits on glibc
+    prefix = "%04d-%02d-%02dT%02d:%02d:%02d" % time.gmtime(sec)[:6]
     _ts_cache = (sec, prefix)
     return prefix + _MS_SUFFIX[ms]
 
@@ -168,7 +170,7 @@ def _to_json_bytes(obj: Any) -> bytes:
 def _sanitize(value: Any) -> Any:
     """A copy of ``value`` that strict JSON can hold (the slow path)."""
     if isinstance(value, dict):
-        return {_sanitize_key(k): _sanitize(v) for k, v in value.items()}
+        return {json_key(k): _sanitize(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_sanitize(v) for v in value]
     if isinstance(value, float):
@@ -178,14 +180,6 @@ def _sanitize(value: Any) -> Any:
     if isinstance(value, (bytes, bytearray, memoryview)):
         return bytes(value).decode("utf-8", "replace")
     return str(value)
-
-
-def _sanitize_key(key: Any) -> str:
-    if isinstance(key, str):
-        return key
-    if isinstance(key, (bytes, bytearray)):
-        return bytes(key).decode("utf-8", "replace")
-    return str(key)
 
 
 def _merge_headers(base: dict[str, str], extra: Mapping[str, str] | None) -> dict[str, str]:

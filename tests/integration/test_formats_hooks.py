@@ -121,6 +121,25 @@ def test_posthog_format_is_received_and_decoded(make_client: Callable[..., mpsen
     assert {(r.path, r.format, r.status) for r in keyed_collector.requests()} == {("/batch/", "posthog", 200)}
 
 
+@pytest.mark.parametrize("fmt", ["segment", "posthog", "json"])
+def test_iso_string_timestamps_arrive_as_utc_with_milliseconds(
+    fmt: str, make_client: Callable[..., mpsender.Client], keyed_collector: Collector
+) -> None:
+    """ISO-8601 strings given to track() reach the collector in every format as the UTC,
+    millisecond timestamps datetimes give; a bad one raises at the call and nothing of it is sent."""
+    client = make_client(keyed_collector.url, format=fmt, max_event_age=None)  # fixed, historical times
+    given = ["2026-11-23T08:07:59.123Z", "2026-11-23T09:37:59.123+01:30", "2026-11-23T03:07:59.1234-0500",
+             "2026-11-23 08:07:59.123", T0]
+    for n, stamp in enumerate(given, 1):
+        client.track("Stamped", user_id="u1", timestamp=stamp, message_id=mid(n))
+    with pytest.raises(mpsender.InvalidEventError, match="timestamp '2026-11-23T08:07:59Q'"):
+        client.track("Stamped", user_id="u1", timestamp="2026-11-23T08:07:59Q", message_id=mid(99))
+    assert client.flush(timeout=15)
+    events = keyed_collector.events()
+    assert keyed_collector.message_ids() == [mid(n) for n in range(1, 6)]
+    assert [e["timestamp"] for e in events] == ["2026-11-23T08:07:59.123Z"] * 5
+
+
 # --- auth ---------------------------------------------------------------------------------------
 
 

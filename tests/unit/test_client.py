@@ -113,6 +113,103 @@ def test_unserializable_value_is_named_by_its_key_path(events: CapturedEvents) -
     assert events == []
 
 
+@pytest.fixture(params=["ormsgpack", "msgpack"])
+def packing(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[CapturedEvents]:
+    """Captured events, packed with ormsgpack (the ``fast`` extra) or with msgpack alone."""
+    from mpsender import _events
+
+    if request.param == "ormsgpack":
+        pytest.importorskip("ormsgpack")
+    else:
+        monkeypatch.setattr(_events, "_fast_packb", None)
+    with capture() as captured:
+        yield captured
+
+
+def _nested(levels: int, leaf: Any = 1) -> dict[str, Any]:
+    """``{"k": {"k": ... leaf}}`` with ``levels`` dicts."""
+    value: Any = leaf
+    for _ in range(levels):
+        value = {"k": value}
+    return value  # type: ignore[no-any-return]
+
+
+def _circular() -> dict[str, Any]:
+    a: dict[str, Any] = {"n": 1}
+    a["b"] = {"a": a}
+    return {"a": a}
+
+
+#: properties refused with the key path and the reason, and what happens to them without
+#: ormsgpack, where track() does not walk every event (msgpack takes any key and nests to
+#: 1024): "raises" as with it, "dead-lettered" by the sender, or "sent" as it is
+#: (properties, path, text of the message, without ormsgpack)
+BAD_PROPERTIES: list[tuple[Any, str, str, str]] = [
+    (_circular(), "properties.a.b.a", "circular reference", "raises"),
+    ({"l": [1, [2]]}, "", "", "raises"),  # placeholder replaced below: a list inside itself
+    (_nested(254, {"x": 1}), "properties.k.k", "nested deeper than 254 levels", "sent"),
+    (_nested(100_000), "properties.k.k", "nested deeper than 254 levels", "raises"),
+    ({"a": {"b": ["ok", "\ud800"]}}, "properties.a.b[1]", "lone surrogate '\\ud800' at index 0", "raises"),
+    ({"a": {"x\udcff": 1}}, "properties.a['x\\udcff'] (key)", "lone surrogate '\\udcff' at index 1", "raises"),
+    ({"a": {1: "one", "1": "uno"}}, "properties.a.1 (key)", "becomes the JSON key '1', as key 1 does",
+     "dead-lettered"),
+    ({"a": [{"True": 1, True: 2}]}, "properties.a[0][True] (key)", "becomes the JSON key 'True'", "dead-lettered"),
+    ({"n": {frozenset({3}): 1, "(3,)": 2}}, "properties.n.(3,) (key)", "JSON key '(3,)'", "dead-lettered"),
+]
+_looped: list[Any] = [1]
+_looped.append([2, _looped])
+BAD_PROPERTIES[1] = ({"l": _looped}, "properties.l[1][1]", "circular reference", "raises")
+
+
+@pytest.mark.parametrize(("properties", "path", "message", "without_ormsgpack"), BAD_PROPERTIES,
+                         ids=["circular-dict", "circular-list", "too-deep", "very-deep", "surrogate-value",
+                              "surrogate-key", "int-key-collides", "bool-key-collides", "set-key-collides"])
+def test_values_json_cannot_carry_are_named_by_key_path(
+    packing: CapturedEvents, properties: Any, path: str, message: str, without_ormsgpack: str,
+) -> None:
+    """Cycles, nesting past the limit, lone surrogates and keys that collide once made strings
+    raise UnserializableError naming the path, never RecursionError; without ormsgpack, what
+    msgpack takes is left to the sender (colliding keys dead-lettered, capture() counts them)."""
+    from mpsender import _events
+
+    track = lambda: mpsender.track("A", user_id="u", properties=properties)  # noqa: E731
+    outcome = "raises" if _events._fast_packb is not None else without_ormsgpack
+    if outcome == "raises":
+        text = expect_error(UnserializableError, message, track)
+        assert text.startswith(path), text
+    else:
+        track()
+    assert len(packing) == (outcome == "sent")
+    assert packing.dropped == ({"unencodable": 1} if outcome == "dead-lettered" else {})
+    mpsender.track("B", user_id="u", properties={"ok": 1})  # the thread's packer still works
+    assert packing[-1]["event"] == "B"
+
+
+def test_the_deepest_event_track_takes_is_sent(packing: CapturedEvents) -> None:
+    """Properties nested 254 levels deep (the properties dict is level 1) are sent, on both paths."""
+    mpsender.track("A", user_id="u", properties=_nested(253, [1]), context={"deep": _nested(252)})
+    [event] = packing
+    value = event["properties"]
+    for _ in range(253):
+        value = value["k"]
+    assert value == [1]
+
+
+def test_traits_and_context_are_checked_like_properties(packing: CapturedEvents) -> None:
+    """The path names traits or context when the problem is there."""
+    expect_error(UnserializableError, "traits.a.b.a: circular", lambda: mpsender.identify("u", traits=_circular()))
+    expect_error(UnserializableError, "context.x['\\ud800'] (key)",
+                 lambda: mpsender.track("A", user_id="u", context={"x": {"\ud800": 1}}))
+
+
+def test_odd_keys_are_made_strings_in_the_record(packing: CapturedEvents) -> None:
+    """Non-str keys are sent as their str() on both paths (bool as 'True', arrays as tuples)."""
+    mpsender.track("A", user_id="u", properties={2: "int", True: "bool", None: "none", 1.5: "float",
+                                                 (1, "x"): "tuple", b"b": "bytes", "s": {2: [{3: 4}]}})
+    assert packing[0]["properties"] == {"2": "int", "True": "bool", "None": "none", "1.5": "float",
+                                        "(1, 'x')": "tuple", "b": "bytes", "s": {"2": [{"3": 4}]}}
+
+
 def test_oversize_event_raises_with_size_and_limit(events: CapturedEvents) -> None:
     """An event over max_message_bytes raises EventTooLargeError giving both sizes."""
     with pytest.raises(EventTooLargeError) as info:
@@ -166,12 +263,78 @@ def test_user_timestamp_and_message_id_are_kept(events: CapturedEvents) -> None:
     when = dt.datetime(2026, 3, 4, 5, 6, 7, 890000, tzinfo=dt.timezone.utc)
     mpsender.track("A", user_id="u", timestamp=when, message_id="my-id-1")
     mpsender.track("B", user_id="u", timestamp=when.timestamp())
-    mpsender.track("C", user_id="u", timestamp="2026-03-04T05:06:07Z")
-    assert [e["timestamp"] for e in events] == [
-        "2026-03-04T05:06:07.890Z", "2026-03-04T05:06:07.890Z", "2026-03-04T05:06:07Z"]
+    mpsender.track("C", user_id="u", timestamp="2026-03-04T05:06:07.89Z")
+    assert [e["timestamp"] for e in events] == ["2026-03-04T05:06:07.890Z"] * 3
     assert events[0]["messageId"] == "my-id-1"
     generated = {e["messageId"] for e in events[1:]}
     assert len(generated) == 2 and all(uuid.UUID(m).version == 4 for m in generated)
+
+
+#: ISO-8601 strings track() takes, and the timestamp sent for each (UTC, milliseconds)
+ISO_STRINGS = [
+    ("2026-03-04T05:06:07Z", "2026-03-04T05:06:07.000Z"),
+    ("2026-03-04t05:06:07.25z", "2026-03-04T05:06:07.250Z"),
+    ("2026-03-04T06:36:07.123456+01:30", "2026-03-04T05:06:07.123Z"),
+    ("2026-03-04T00:06:07-0500", "2026-03-04T05:06:07.000Z"),
+    ("2026-03-04T07:06+02", "2026-03-04T05:06:00.000Z"),
+    ("2026-03-04T05:06:07", "2026-03-04T05:06:07.000Z"),  # naive: UTC, as a naive datetime
+    ("2026-03-04 05:06:07.999999999", "2026-03-04T05:06:08.000Z"),
+    ("0001-01-01T00:00:00Z", "0001-01-01T00:00:00.000Z"),
+    ("9999-12-31T23:59:59.999Z", "9999-12-31T23:59:59.999Z"),
+]
+
+
+@pytest.mark.parametrize(("given", "sent"), ISO_STRINGS, ids=[g for g, _ in ISO_STRINGS])
+def test_iso_timestamp_strings_are_parsed_and_sent_in_utc(events: CapturedEvents, given: str, sent: str) -> None:
+    """An ISO-8601 string ('Z', an offset, or naive = UTC) is stored as epoch seconds and sent as UTC."""
+    mpsender.track("A", user_id="u", timestamp=given)
+    mpsender.identify("u", timestamp=given)
+    assert [e["timestamp"] for e in events] == [sent, sent]
+
+
+#: timestamps refused at the call: (value, exception, text of the message)
+BAD_TIMESTAMPS: list[tuple[Any, type[Exception], str]] = [
+    (float("nan"), InvalidEventError, "timestamp nan is not a finite number"),
+    (float("inf"), InvalidEventError, "timestamp inf is not a finite number"),
+    (float("-inf"), InvalidEventError, "timestamp -inf is not a finite number"),
+    (1e300, InvalidEventError, "timestamp 1e+300 is out of range (years 1 to 9999, UTC)"),
+    (10**400, InvalidEventError, "is out of range"),
+    (253402300800.0, InvalidEventError, "timestamp 253402300800.0 is out of range"),
+    (-62135596801.0, InvalidEventError, "timestamp -62135596801.0 is out of range"),
+    (dt.datetime(1, 1, 1, tzinfo=dt.timezone(dt.timedelta(hours=1))), InvalidEventError, "is out of range"),
+    ("9999-12-31T23:59:59.9999Z", InvalidEventError, "'9999-12-31T23:59:59.9999Z' is out of range"),
+    ("garbage", InvalidEventError, "timestamp 'garbage' is not an ISO-8601 date and time"),
+    ("", InvalidEventError, "timestamp '' is not an ISO-8601 date and time"),
+    ("2026-03-04", InvalidEventError, "timestamp '2026-03-04' is not an ISO-8601 date and time"),
+    ("2026-03-04T05:06:07Z ", InvalidEventError, "is not an ISO-8601 date and time"),
+    ("2026-13-04T05:06:07Z", InvalidEventError, "timestamp '2026-13-04T05:06:07Z' is not a valid date and time"),
+    ("2026-03-04T24:00:00Z", InvalidEventError, "is not a valid date and time"),
+    ("2026-03-04T05:06:07+24:00", InvalidEventError, "is not a valid date and time"),
+    ("\ud800", InvalidEventError, "timestamp '\\ud800' is not an ISO-8601"),
+    (True, EventTypeError, "timestamp must be a datetime, epoch seconds or an ISO-8601 string, not bool"),
+    (dt.date(2026, 3, 4), EventTypeError, "not date"),
+]
+
+
+@pytest.mark.parametrize("fn", ["track", "identify", "group", "alias", "page", "screen"])
+@pytest.mark.parametrize(("value", "exc_type", "message"), BAD_TIMESTAMPS, ids=[repr(b[0])[:30] for b in BAD_TIMESTAMPS])
+def test_bad_timestamp_raises_naming_timestamp_and_value(
+    events: CapturedEvents, fn: str, value: Any, exc_type: type[Exception], message: str,
+) -> None:
+    """NaN, infinities, times outside years 1-9999 and unparseable strings raise at the call."""
+    args = {"track": ("E",), "group": ("g",), "alias": ("p",)}.get(fn, ())
+    expect_error(exc_type, message, lambda: getattr(mpsender, fn)(*args, user_id="u", timestamp=value))
+    assert events == []
+    assert mpsender.stats().process.rejected == 1
+
+
+def test_a_hook_timestamp_is_held_to_the_same_rules() -> None:
+    """A before_send hook's ISO string is normalized; a bad one is not sent (the event is, unchanged)."""
+    stamps = iter(["2026-03-04T06:06:07+01:00", "soon"])
+    with capture(before_send=lambda e: {**e, "timestamp": next(stamps)}) as events:
+        mpsender.track("A", user_id="u")
+        mpsender.track("B", user_id="u", timestamp=0)
+    assert [e["timestamp"] for e in events] == ["2026-03-04T05:06:07.000Z", "1970-01-01T00:00:00.000Z"]
 
 
 def test_errors_never_come_from_the_hot_path_of_good_calls(events: CapturedEvents) -> None:
@@ -405,6 +568,110 @@ def test_before_send_given_to_init_is_used(runtime_dir: str) -> None:
     with capture(client=client) as events:
         client.track("A", user_id="u")
     assert events[0]["properties"] == {"tagged": True}
+
+
+# --- capture_error never replaces the app's exception ---------------------------------
+
+
+class StrRaises(ValueError):
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ is broken")
+
+
+class StrNotText(ValueError):
+    def __str__(self) -> str:
+        return 5  # type: ignore[return-value]
+
+
+class StrRecurses(ValueError):
+    def __str__(self) -> str:
+        return str(self)
+
+
+class OddTraceback(ValueError):
+    __traceback__ = property(lambda self: "not a traceback")  # type: ignore[assignment]
+
+
+def _raised_in_file_named(filename: str) -> BaseException:
+    """An exception whose traceback names ``filename`` (undecodable names arrive as surrogates)."""
+    code = compile("def fail():\n    raise KeyError('k')\nfail()\n", filename, "exec")
+    try:
+        exec(code, {})
+    except KeyError as exc:
+        return exc
+    raise AssertionError("did not raise")
+
+
+#: exceptions that are awkward to describe: (exception, error_message sent)
+ODD_EXCEPTIONS: list[tuple[Callable[[], BaseException], str]] = [
+    (StrRaises, "<unprintable test_client.StrRaises>"),
+    (StrNotText, "<unprintable test_client.StrNotText>"),
+    (StrRecurses, "<unprintable test_client.StrRecurses>"),
+    (lambda: ValueError("name \udcff\ud800 here"), "name \\udcff\\ud800 here"),
+    (lambda: OddTraceback("odd"), "odd"),
+    (lambda: _raised_in_file_named("/nowhere/caf\udce9.py"), "'k'"),
+]
+
+
+@pytest.mark.parametrize(("make", "message"), ODD_EXCEPTIONS,
+                         ids=["str-raises", "str-not-text", "str-recurses", "surrogates", "odd-traceback",
+                              "undecodable-file-name"])
+def test_capture_error_never_replaces_the_exception(
+    events: CapturedEvents, make: Callable[[], BaseException], message: str,
+) -> None:
+    """An exception that cannot be printed, holds text that is not UTF-8 or has an odd traceback
+    is still sent as a $error event, and the app's own exception goes on up unchanged."""
+    original = make()
+    with pytest.raises(type(original)) as info:
+        try:
+            raise original
+        except BaseException as exc:
+            mpsender.capture_error(exc)
+            raise
+    assert info.value is original
+    [event] = events
+    props = event["properties"]
+    assert event["event"] == "$error" and props["error_type"].endswith(type(original).__qualname__)
+    assert props["error_message"].replace("tests.unit.", "") == message
+    assert len(props["fingerprint"]) == 16 and isinstance(props["stack"], list)
+    assert mpsender.stats().process.rejected == 0
+
+
+def test_capture_error_names_an_undecodable_file_escaped(events: CapturedEvents) -> None:
+    """A traceback file name holding a lone surrogate is sent with it escaped, not dropped."""
+    mpsender.capture_error(_raised_in_file_named("/nowhere/caf\udce9.py"))
+    frames = events[0]["properties"]["stack"]
+    assert frames[-1]["filename"] == "/nowhere/caf\\udce9.py" and frames[-1]["function"] == "fail"
+
+
+#: capture_error() arguments that would make track() raise: (kwargs, what the event keeps)
+BAD_CAPTURE_ARGS: list[tuple[dict[str, Any], dict[str, Any]]] = [
+    ({"user_id": "u", "properties": {"order": object()}}, {"userId": "u"}),
+    ({"user_id": "u", "properties": ["not", "a", "dict"]}, {"userId": "u"}),
+    ({"user_id": "u", "properties": {"blob": "x" * 40_000}}, {"userId": "u"}),
+    ({"user_id": "u", "context": {"x": {"\ud800": 1}}}, {"userId": "u"}),
+    ({"user_id": ["u"], "properties": {"ok": 1}}, {"anonymousId": f"host:{socket.gethostname()}"}),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "kept"), BAD_CAPTURE_ARGS,
+                         ids=["unserializable", "not-a-dict", "oversize", "bad-context", "bad-user-id"])
+def test_capture_error_sends_without_bad_arguments_and_warns_once(
+    events: CapturedEvents, caplog: pytest.LogCaptureFixture, kwargs: dict[str, Any], kept: dict[str, Any],
+) -> None:
+    """Bad properties, context or ids make capture_error() send the $error event without them,
+    log one warning and count a rejection; it raises nothing."""
+    with caplog.at_level(logging.WARNING, logger="mpsender"):
+        mpsender.capture_error(ValueError("first"), **kwargs)
+        mpsender.capture_error(ValueError("second"), **kwargs)
+    assert [e["properties"]["error_message"] for e in events] == ["first", "second"]
+    for event in events:
+        assert set(event["properties"]) == {"error_type", "error_message", "stack", "fingerprint", "in_app_frame"}
+        assert {k: event[k] for k in kept} == kept
+        assert "x" not in event["context"]
+    assert mpsender.stats().process.rejected == 2
+    warnings = [r for r in caplog.records if "capture_error()" in r.getMessage()]
+    assert len(warnings) == 1 and "without the caller's properties and context" in warnings[0].getMessage()
 
 
 # --- super properties and context ------------------------------------------------------

@@ -92,15 +92,15 @@ def test_timestamp_before_epoch() -> None:
 
 
 def test_timestamp_cache_across_second_boundary(monkeypatch: pytest.MonkeyPatch) -> None:
-    """strftime runs once per whole second, and the cache follows second changes."""
+    """The date and time are worked out once per whole second, and the cache follows second changes."""
     calls: list[float] = []
-    real = time.strftime
+    real = time.gmtime
 
-    def counting(fmt: str, t: Any = None) -> str:
+    def counting(t: Any = None) -> time.struct_time:
         calls.append(1)
-        return real(fmt, t)
+        return real(t)
 
-    monkeypatch.setattr(time, "strftime", counting)
+    monkeypatch.setattr(time, "gmtime", counting)
     base = 1_700_000_000.0
     assert format_timestamp(base + 0.25) == "2023-11-14T22:13:20.250Z"
     assert format_timestamp(base + 0.75) == "2023-11-14T22:13:20.750Z"
@@ -110,6 +110,13 @@ def test_timestamp_cache_across_second_boundary(monkeypatch: pytest.MonkeyPatch)
     assert format_timestamp(base + 0.5) == "2023-11-14T22:13:20.500Z"
     assert format_timestamp(base + 0.9996) == "2023-11-14T22:13:21.000Z"
     assert len(calls) == 4
+
+
+def test_timestamp_years_before_1000_have_four_digits() -> None:
+    """The earliest timestamp track() takes prints as ISO-8601 does, 0001-01-01 (strftime gives 1-01-01)."""
+    assert format_timestamp(-62135596800.0) == "0001-01-01T00:00:00.000Z"
+    assert format_timestamp(-59011459200.0) == "0100-01-01T00:00:00.000Z"
+    assert format_timestamp(253402300799.999) == "9999-12-31T23:59:59.999Z"
 
 
 def test_timestamp_matches_datetime_for_many_values() -> None:
@@ -254,7 +261,8 @@ def test_segment_library_wins_and_context_not_mutated() -> None:
 
 
 def test_segment_string_id_and_timestamp_pass_through() -> None:
-    """A user-given message id string and ISO timestamp string are kept."""
+    """A user-given message id string is kept, and so is a string timestamp in a record
+    written by a version that stored them (track() now stores epoch seconds)."""
     ev = encoder("segment").event(rec("track", u="u", e="E", m="my-id",
                                       ts="2020-01-01T00:00:00+02:00"))
     assert ev["messageId"] == "my-id"
