@@ -38,10 +38,8 @@ B. The sender SIGKILLed: ``--producers`` processes (fresh interpreters, options 
    ``MPSENDER_*``) track events at ``--sender-rate`` each while the sender is SIGKILLed
    ``--sender-kills`` times (each time ``--sender-up`` seconds after a new one started);
    then the producers stop, a sender drains the spool, and the collector's rows are
-   compared with what each producer's ``track()`` returned for: lost, duplicated. Once with
-   ``journal=True`` (the default: the event is in the process's spool file when track()
-   returns) and once with ``journal=False`` (the event goes over the socket first and is
-   held in the sender's memory until uploaded).
+   compared with what each producer's ``track()`` returned for: lost, duplicated (the event
+   is in the process's spool file when track() returns, so none should be lost).
 
 Benchmarks only: figures, not a pass/fail test. Every process it starts is ended by pid.
 """
@@ -796,12 +794,12 @@ def wait_sender(runtime_dir: str, exclude: set[int], timeout: float) -> int | No
     return None
 
 
-def run_sender_killed(workdir: str, *, journal: bool, producers: int, rate: float, kills: int,
+def run_sender_killed(workdir: str, *, producers: int, rate: float, kills: int,
                       up: float) -> dict[str, Any]:
     """One row of experiment B."""
     collector = CollectorProc(workdir)
     runtime_dir = tempfile.mkdtemp(prefix="mpb-", dir="/tmp")
-    env = app_env(collector.url, runtime_dir, write_key=WRITE_KEY, journal=str(journal).lower())
+    env = app_env(collector.url, runtime_dir, write_key=WRITE_KEY)
     procs: list[subprocess.Popen[str]] = []
     t_start = time.monotonic()
     try:
@@ -859,7 +857,7 @@ def run_sender_killed(workdir: str, *, journal: bool, producers: int, rate: floa
         distinct = len(pairs)
         lost = sent - distinct
         dups = stored - distinct
-        return {"journal": journal, "kills": kills, "sent": sent, "stored": stored, "distinct": distinct,
+        return {"kills": kills, "sent": sent, "stored": stored, "distinct": distinct,
                 "lost": lost, "duplicates": dups, "per_producer": dict(per),
                 "respawn": respawn, "seconds": time.monotonic() - t_start,
                 "sender_log": dict(sender_log_problems(runtime_dir))}
@@ -994,33 +992,27 @@ def experiment_a(args: argparse.Namespace, workdir: str) -> list[dict[str, Any]]
     return rows
 
 
-def experiment_b(args: argparse.Namespace, workdir: str) -> list[dict[str, Any]]:
+def experiment_b(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     print(f"## B. The sender SIGKILLed\n\n{args.producers} producer processes, {args.sender_rate:,.0f} "
           f"events/s each; the sender SIGKILLed {args.sender_kills} times, each time {args.sender_up:g} s "
           f"after a new one started (the producers start it); then the producers stop and a sender "
           f"drains the spool. Other options at their defaults.\n", flush=True)
-    rows = []
-    for journal in (True, False):
-        row = run_sender_killed(workdir, journal=journal, producers=args.producers, rate=args.sender_rate,
-                                kills=args.sender_kills, up=args.sender_up)
-        rows.append(row)
-        print(f"  … journal={journal}: {row['seconds']:.0f} s", file=sys.stderr, flush=True)
-    print("| journal | sender kills | events track() returned for | stored at the collector | lost "
+    row = run_sender_killed(workdir, producers=args.producers, rate=args.sender_rate,
+                            kills=args.sender_kills, up=args.sender_up)
+    print(f"  … {row['seconds']:.0f} s", file=sys.stderr, flush=True)
+    print("| sender kills | events track() returned for | stored at the collector | lost "
           "| duplicated | lost per kill | new sender after a kill (median s) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        resp = sorted(r["respawn"])
-        med = f"{resp[len(resp) // 2]:.1f}" if resp else "-"
-        label = "True (default): file first" if r["journal"] else "False: socket first"
-        print(f"| {label} | {r['kills']} | {r['sent']:,} | {r['stored']:,} | {r['lost']:,} | {r['duplicates']:,} "
-              f"| {r['lost'] / r['kills']:,.0f} | {med} |")
+    print("|---|---|---|---|---|---|---|")
+    resp = sorted(row["respawn"])
+    med = f"{resp[len(resp) // 2]:.1f}" if resp else "-"
+    print(f"| {row['kills']} | {row['sent']:,} | {row['stored']:,} | {row['lost']:,} | {row['duplicates']:,} "
+          f"| {row['lost'] / row['kills']:,.0f} | {med} |")
     print()
-    for r in rows:
-        if r["sender_log"]:
-            items = "; ".join(f"{n}× {m}" for m, n in sorted(r["sender_log"].items(), key=lambda x: -x[1])[:5])
-            print(f"journal={r['journal']}: the senders logged {items}")
+    if row["sender_log"]:
+        items = "; ".join(f"{n}× {m}" for m, n in sorted(row["sender_log"].items(), key=lambda x: -x[1])[:5])
+        print(f"The senders logged {items}")
     print()
-    return rows
+    return row
 
 
 if __name__ == "__main__":

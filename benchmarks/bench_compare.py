@@ -69,7 +69,6 @@ from _common import (  # noqa: E402
 CONFIGS: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("mpsender (defaults)", "mpsender", {}, None),
     ("mpsender (batch_size=1000)", "mpsender", {"batch_size": 1000}, None),
-    ("mpsender (journal=False, batch_size=1000)", "mpsender", {"journal": False, "batch_size": 1000}, None),
     ("segment (defaults)", "segment", {}, None),
     ("segment (fast)", "segment", {"max_queue_size": 1_000_000, "upload_size": 1000}, None),
     ("posthog (defaults)", "posthog", {}, None),
