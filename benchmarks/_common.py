@@ -155,7 +155,7 @@ def proc_cpu(pid: int, tid: int | None = None) -> float:
 
 
 #: the collector's store for bench_compare's and bench_scaling's end-to-end figures: "ids"
-#: (the lean mode: every check and answer, only the message ids kept, in memory) so that
+#: (the lean store of _lean_store.py: every check and answer, only the message ids kept, in memory) so that
 #: the figures measure the libraries, not the collector's SQLite
 DEFAULT_STORE = "ids"
 
