@@ -22,6 +22,9 @@ Protocol, one JSON object per line:
 * ``{"cmd": "stats"}`` -> ``{"count", "distinct", "requests", "cpu"}``;
 * ``{"cmd": "timeline"}`` -> ``{"requests": [[arrived_at, events, status], ...]}``, the last
   1,000 requests (``arrived_at`` is ``time.monotonic()``), to see gaps between requests;
+* ``{"cmd": "count"}`` -> ``{"count"}``, cheap (a counter);
+* ``{"cmd": "stop"}``, ``{"cmd": "start"}`` -> ``{"ok": true}``: an outage (the port then
+  refuses connections) and the end of it, on the same port with the same store;
 * end of stdin -> stop and exit.
 """
 
@@ -100,6 +103,14 @@ def main() -> int:
                 answer = {"count": totals["events"], "requests": totals["requests"],
                           "errors": {str(k): v for k, v in totals["errors"].items()},
                           "distinct": _distinct(collector, db_path), "cpu": cpu.user + cpu.system}
+            elif msg["cmd"] == "count":
+                answer = {"count": collector.count()}
+            elif msg["cmd"] == "stop":
+                collector.stop()
+                answer = {"ok": True}
+            elif msg["cmd"] == "start":
+                collector.start()
+                answer = {"ok": True}
             elif msg["cmd"] == "timeline":
                 answer = {"requests": [[r.arrived_at, r.events, r.status] for r in collector.requests()]}
             else:

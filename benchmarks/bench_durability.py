@@ -14,7 +14,7 @@
    backlog is delivered (checked: nothing lost).
 
 Every producer is a fresh interpreter configured by ``MPSENDER_*``; the collector runs in a
-process of its own (see ``bench_channel.py``). Benchmarks only: figures, not a pass/fail test.
+process of its own (``_collector_proc.py``, SQLite store). Benchmarks only: figures, not a pass/fail test.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,116 +35,19 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_channel import (  # noqa: E402
-    PROPERTIES,
-    PYTHON,
-    REPO,
-    STARTER,
-    WRITE_KEY,
-    CollectorProc,
+from _common import (  # noqa: E402
+    CollectorProcess,
     command_line,
     machine_line,
-    sender_log_problems,
-    wait_sender,
+    proc_status,
 )
-from support import app_env, kill_senders, live_sender_pids  # noqa: E402  (tests/, on the path now)
-
-PRODUCER = r"""
-import json, os, signal, sys, time
-import mpsender
-
-spec = json.loads(sys.argv[1])
-mpsender.init()   # every option from MPSENDER_*
-stop = []
-signal.signal(signal.SIGUSR1, lambda *_: stop.append(1))
-print("ready", flush=True)
-sys.stdin.readline()
-w, n, rate, props = spec["w"], spec["n"], spec["rate"], spec["props"]
-interval = 1.0 / rate if rate else 0.0
-track = mpsender.track
-seq = 0
-t_first = time.monotonic()
-while not stop and (n == 0 or seq < n):
-    p = dict(props)
-    p["w"] = w
-    p["seq"] = seq
-    track("Order Completed", user_id="user-8d2c41", properties=p)
-    seq += 1
-    if interval:
-        delay = t_first + seq * interval - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-t_last = time.monotonic()
-print(json.dumps({"w": w, "sent": seq, "t_first": t_first, "t_last": t_last}), flush=True)
-os._exit(0)   # nothing to flush: the events are in this process's spool file
-"""
+from _producers import Producers, Run  # noqa: E402
 
 
 # --- helpers ------------------------------------------------------------------------------------
 
 
-class Producers:
-    """``n`` producer processes, started together."""
-
-    def __init__(self, env: dict[str, str], count: int, *, events: int, rate: float) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-        for w in range(count):
-            spec = {"w": w, "n": events, "rate": rate, "props": PROPERTIES}
-            self.procs.append(subprocess.Popen(
-                [PYTHON, "-c", PRODUCER, json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                text=True, env=env, cwd=str(REPO), start_new_session=True))
-        for p in self.procs:
-            assert p.stdout is not None
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError("a producer did not start")
-
-    def go(self) -> None:
-        for p in self.procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.send_signal(signal.SIGUSR1)
-
-    def results(self, timeout: float) -> list[dict[str, Any]]:
-        out = []
-        for p in self.procs:
-            stdout, _ = p.communicate(timeout=timeout)
-            out.append(json.loads(stdout.strip().splitlines()[-1]))
-        return out
-
-    def kill(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-
-
-class Run:
-    """A fresh runtime directory (so a fresh sender and spool), cleaned up by pid."""
-
-    def __init__(self, url: str, **options: object) -> None:
-        self.dir = tempfile.mkdtemp(prefix="mpb-", dir="/tmp")
-        self.env = app_env(url, self.dir, write_key=WRITE_KEY, **options)
-
-    def sender(self, timeout: float = 10.0) -> int | None:
-        return wait_sender(self.dir, set(), timeout)
-
-    def start_sender(self) -> bool:
-        return subprocess.run([PYTHON, "-c", STARTER], env=self.env, cwd=str(REPO), timeout=30,
-                              check=False).returncode == 0
-
-    def spool_bytes(self) -> int:
-        return sum(f.stat().st_size for f in Path(self.dir).glob("*/spool/*.wal"))
-
-    def close(self) -> None:
-        kill_senders(self.dir)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def delivered(collector: CollectorProc, sent: int) -> tuple[int, int]:
+def delivered(collector: CollectorProcess, sent: int) -> tuple[int, int]:
     """(lost, duplicated) at the collector against producers that sent seq 0..n-1 each."""
     pairs = collector.pairs()
     return sent - len(pairs), sum(pairs.values()) - len(pairs)
@@ -170,7 +72,7 @@ def stop_sender(pid: int, timeout: float = 15.0) -> str:
 
 
 def bench_replay(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
-    collector = CollectorProc(workdir)
+    collector = CollectorProcess(workdir)
     collector.stop()  # the outage: the port refuses connections
     run = Run(collector.url)
     producers: Producers | None = None
@@ -190,14 +92,14 @@ def bench_replay(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         if not run.start_sender():
             raise RuntimeError("the fresh sender did not start")
         t_ready = time.monotonic()
-        done = collector.wait(total, timeout=args.timeout)
+        done = collector.wait_count(total, timeout=args.timeout)
         if not done["ok"]:
             raise RuntimeError(f"replay incomplete after {args.timeout} s: {done['count']} of {total}")
         lost, dups = delivered(collector, sent)
         return {"events": sent, "track_s": track_s, "stopped": how, "spool_bytes": spool,
-                "start_s": t_ready - t0, "replay_s": done["at"] - t0,
-                "rate": sent / (done["at"] - t0), "rate_from_ready": sent / (done["at"] - t_ready),
-                "lost": lost, "duplicates": dups, "log": dict(sender_log_problems(run.dir))}
+                "start_s": t_ready - t0, "replay_s": done["done_at"] - t0,
+                "rate": sent / (done["done_at"] - t0), "rate_from_ready": sent / (done["done_at"] - t_ready),
+                "lost": lost, "duplicates": dups, "log": dict(run.log_problems())}
     finally:
         if producers is not None:
             producers.kill()
@@ -219,7 +121,7 @@ def slope_mb_per_min(points: list[tuple[float, float]]) -> float:
 
 
 def bench_rss(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
-    collector = CollectorProc(workdir)
+    collector = CollectorProcess(workdir)
     collector.stop()
     run = Run(collector.url)
     producers: Producers | None = None
@@ -246,15 +148,15 @@ def bench_rss(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
                 next_at += 1.0
             time.sleep(max(0.0, min(next_at, t0 + args.outage_seconds) - time.monotonic()))
         points.append((time.monotonic() - t0, proc.memory_info().rss / 2**20))
-        hwm = _vm_hwm(pid)
+        hwm = proc_status(pid).get("VmHWM")
         producers.stop()
         results = producers.results(timeout=60)
         sent = sum(r["sent"] for r in results)
         achieved = sent / (max(r["t_last"] for r in results) - min(r["t_first"] for r in results))
-        same_sender = pid in live_sender_pids(run.dir)
+        same_sender = pid in run.senders()
         collector.start()
         t_back = time.monotonic()
-        done = collector.wait(sent, timeout=args.timeout)
+        done = collector.wait_count(sent, timeout=args.timeout)
         lost, dups = delivered(collector, sent)
         first = _first_request_after(collector, t_back)
         values = sorted(v for _, v in points)
@@ -268,8 +170,8 @@ def bench_rss(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             "slope": slope_mb_per_min(steady), "growth": steady[-1][1] - steady[0][1] if steady else 0.0,
             "hwm_mb": hwm / 1024 if hwm else None,
             "spool_mb": max(disk) / 2**20 if disk else 0.0, "same_sender": same_sender,
-            "drain_s": (done["at"] - t_back) if done["ok"] else None, "first_request_s": first,
-            "lost": lost, "duplicates": dups, "points": points, "log": dict(sender_log_problems(run.dir)),
+            "drain_s": (done["done_at"] - t_back) if done["ok"] else None, "first_request_s": first,
+            "lost": lost, "duplicates": dups, "points": points, "log": dict(run.log_problems()),
         }
     finally:
         if producers is not None:
@@ -278,17 +180,7 @@ def bench_rss(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         collector.close()
 
 
-def _vm_hwm(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _first_request_after(collector: CollectorProc, t_back: float) -> float | None:
+def _first_request_after(collector: CollectorProcess, t_back: float) -> float | None:
     """Seconds from the collector's return to the first batch it stored (wall clock)."""
     rows = collector.sql("SELECT min(received_at) FROM requests WHERE status = 200")
     if not rows or rows[0][0] is None:
