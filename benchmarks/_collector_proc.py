@@ -6,9 +6,9 @@ runs here.
 
     python _collector_proc.py DB_PATH [--store ids|sqlite] [--write-key KEY]
 
-``--store ids`` (what the benchmarks use for their end-to-end figures) is the
-collector's lean mode: the same checks and answers, only the message ids kept, in
-memory, DB_PATH never created; ``--store sqlite`` (the default here, as for
+``--store ids`` (what the benchmarks use for their end-to-end figures) plugs in the
+lean store of ``_lean_store.py``: the same checks and answers, only the message ids
+kept, in memory, DB_PATH never created; ``--store sqlite`` (the default here, as for
 ``Collector``) stores every event in DB_PATH. ``--write-key``: check each format's
 auth against this key (Basic for Segment, ``api_key`` for PostHog, Bearer for JSON).
 Protocol, one JSON object per line:
@@ -22,6 +22,9 @@ Protocol, one JSON object per line:
 * ``{"cmd": "stats"}`` -> ``{"count", "distinct", "requests", "cpu"}``;
 * ``{"cmd": "timeline"}`` -> ``{"requests": [[arrived_at, events, status], ...]}``, the last
   1,000 requests (``arrived_at`` is ``time.monotonic()``), to see gaps between requests;
+* ``{"cmd": "count"}`` -> ``{"count"}``, cheap (a counter);
+* ``{"cmd": "stop"}``, ``{"cmd": "start"}`` -> ``{"ok": true}``: an outage (the port then
+  refuses connections) and the end of it, on the same port with the same store;
 * end of stdin -> stop and exit.
 """
 
@@ -37,6 +40,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from _lean_store import IdStore  # noqa: E402  (this directory is on the path: a script's)
 from mpsender._collector import Collector  # noqa: E402
 from mpsender._collector._server import tune_gc_for_serving  # noqa: E402
 
@@ -44,7 +48,7 @@ from mpsender._collector._server import tune_gc_for_serving  # noqa: E402
 def _distinct(collector: Collector, db_path: str) -> int:
     """Distinct message ids received (read from the database in the SQLite mode, which
     serves without the message_id index: another connection scans the table)."""
-    if collector.store == "ids":
+    if isinstance(collector.store, IdStore):
         return len(set(collector.message_ids()))
     db = sqlite3.connect(db_path)
     try:
@@ -61,9 +65,13 @@ def main() -> int:
     args = ap.parse_args()
     db_path = args.db_path
     tune_gc_for_serving()  # as `mpsender collect` does
-    collector = Collector(db_path, max_records=1000, store=args.store, write_key=args.write_key).start()
+    if args.store == "ids":
+        collector = Collector(max_records=1000, store=IdStore(), write_key=args.write_key)
+    else:
+        collector = Collector(db_path, max_records=1000, write_key=args.write_key)
+    collector.start()
     out = sys.stdout
-    out.write(json.dumps({"url": collector.url, "pid": os.getpid(), "store": collector.store}) + "\n")
+    out.write(json.dumps({"url": collector.url, "pid": os.getpid(), "store": args.store}) + "\n")
     out.flush()
     done_at: list[float] = []
     watcher: threading.Thread | None = None
@@ -95,6 +103,14 @@ def main() -> int:
                 answer = {"count": totals["events"], "requests": totals["requests"],
                           "errors": {str(k): v for k, v in totals["errors"].items()},
                           "distinct": _distinct(collector, db_path), "cpu": cpu.user + cpu.system}
+            elif msg["cmd"] == "count":
+                answer = {"count": collector.count()}
+            elif msg["cmd"] == "stop":
+                collector.stop()
+                answer = {"ok": True}
+            elif msg["cmd"] == "start":
+                collector.start()
+                answer = {"ok": True}
             elif msg["cmd"] == "timeline":
                 answer = {"requests": [[r.arrived_at, r.events, r.status] for r in collector.requests()]}
             else:

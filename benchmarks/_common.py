@@ -12,14 +12,17 @@ import datetime as _dt
 import json
 import os
 import platform
+import shlex
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Sequence
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
@@ -97,6 +100,12 @@ def machine() -> dict[str, str]:
     }
 
 
+def command_line() -> str:
+    """The command that ran this, as it could be typed again from here."""
+    exe = os.path.relpath(PYTHON) if PYTHON.startswith(os.getcwd() + os.sep) else PYTHON
+    return " ".join(shlex.quote(a) for a in [exe, *sys.argv])
+
+
 def machine_line() -> str:
     m = machine()
     load = " / ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -155,7 +164,7 @@ def proc_cpu(pid: int, tid: int | None = None) -> float:
 
 
 #: the collector's store for bench_compare's and bench_scaling's end-to-end figures: "ids"
-#: (the lean mode: every check and answer, only the message ids kept, in memory) so that
+#: (the lean store of _lean_store.py: every check and answer, only the message ids kept, in memory) so that
 #: the figures measure the libraries, not the collector's SQLite
 DEFAULT_STORE = "ids"
 
@@ -172,6 +181,7 @@ class CollectorProcess:
     def __init__(self, workdir: str, store: str = "sqlite", write_key: str | None = None) -> None:
         self.db = os.path.join(workdir, f"collector-{time.monotonic_ns()}.db")
         self.store = store
+        self._sql: sqlite3.Connection | None = None
         cmd = [PYTHON, str(HERE / "_collector_proc.py"), self.db, "--store", store]
         if write_key is not None:
             cmd += ["--write-key", write_key]
@@ -202,6 +212,23 @@ class CollectorProcess:
         """Wait up to ``timeout`` for the target; ``done_at`` is when it was reached."""
         return self._ask({"cmd": "wait", "timeout": timeout})
 
+    def wait_count(self, n: int, timeout: float) -> dict[str, Any]:
+        """Wait up to ``timeout`` for ``n`` stored events in all: ``target`` then ``wait``."""
+        self.target(n)
+        return self.wait(timeout)
+
+    def count(self) -> int:
+        """Events stored so far (a counter in the collector; cheap)."""
+        return int(self._ask({"cmd": "count"})["count"])
+
+    def stop(self) -> None:
+        """An outage: the collector stops serving; its port refuses connections."""
+        self._ask({"cmd": "stop"})
+
+    def start(self) -> None:
+        """The end of the outage: serving again on the same port, with the same store."""
+        self._ask({"cmd": "start"})
+
     def stats(self) -> dict[str, Any]:
         return self._ask({"cmd": "stats"})
 
@@ -212,7 +239,31 @@ class CollectorProcess:
     def cpu(self) -> float:
         return proc_cpu(self.pid)
 
+    # The SQLite store only: its database, read from this process (WAL: a reader never
+    # blocks the collector's writes).
+
+    def sql(self, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        if self.store != "sqlite":
+            raise RuntimeError(f"sql() needs the SQLite store, not {self.store!r}")
+        if self._sql is None:
+            self._sql = sqlite3.connect(self.db, timeout=30.0)
+        return self._sql.execute(query, args).fetchall()
+
+    def last_id(self) -> int:
+        """The id of the last event stored (0: none)."""
+        return int(self.sql("SELECT coalesce(max(id), 0) FROM events")[0][0])
+
+    def pairs(self, since: int = 0) -> Counter[tuple[int, int]]:
+        """How many times each (properties.w, properties.seq) was stored, in rows after ``since``."""
+        rows = self.sql("SELECT json_extract(payload, '$.properties.w'), "
+                        "json_extract(payload, '$.properties.seq'), count(*) FROM events WHERE id > ? "
+                        "GROUP BY 1, 2", (since,))
+        return Counter({(w, q): n for w, q, n in rows if w is not None and q is not None})
+
     def close(self) -> None:
+        if self._sql is not None:
+            self._sql.close()
+            self._sql = None
         stop_collector_process(self.proc, self.db, timeout=10)
 
 

@@ -38,10 +38,8 @@ B. The sender SIGKILLed: ``--producers`` processes (fresh interpreters, options 
    ``MPSENDER_*``) track events at ``--sender-rate`` each while the sender is SIGKILLed
    ``--sender-kills`` times (each time ``--sender-up`` seconds after a new one started);
    then the producers stop, a sender drains the spool, and the collector's rows are
-   compared with what each producer's ``track()`` returned for: lost, duplicated. Once with
-   ``journal=True`` (the default: the event is in the process's spool file when track()
-   returns) and once with ``journal=False`` (the event goes over the socket first and is
-   held in the sender's memory until uploaded).
+   compared with what each producer's ``track()`` returned for: lost, duplicated (the event
+   is in the process's spool file when track() returns, so none should be lost).
 
 Benchmarks only: figures, not a pass/fail test. Every process it starts is ended by pid.
 """
@@ -55,17 +53,12 @@ import multiprocessing
 import os
 import queue
 import random
-
 import selectors
-import shlex
 import shutil
 import signal
 import socket
-import sqlite3
-import subprocess
 import sys
 import tempfile
-
 import time
 import zlib
 from collections import Counter
@@ -74,147 +67,22 @@ from typing import Any
 
 import msgpack
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from support import app_env, kill_senders, live_sender_pids  # noqa: E402
-
-sys.path.insert(0, str(HERE))
-# the benchmarks' one event, key and machine line (bench_durability imports them from here)
 from _common import (  # noqa: E402
     EVENT,
     PROPERTIES,
-    PYTHON,
     USER_ID,
     WRITE_KEY,
+    CollectorProcess,
+    command_line,
     machine_line,
-    stop_collector_process,
+    new_runtime_dir,
 )
+from _producers import Producers, Run  # noqa: E402
+from support import kill_senders, live_sender_pids  # noqa: E402  (tests/, on the path now)
 
 WRITERS = 4
-
-
-# --- the machine ---------------------------------------------------------------------------
-
-
-def command_line() -> str:
-    """The command that ran this, as it could be typed again from here."""
-    exe = os.path.relpath(PYTHON) if PYTHON.startswith(os.getcwd() + os.sep) else PYTHON
-    return " ".join(shlex.quote(a) for a in [exe, *sys.argv])
-
-
-# --- the collector, in a process of its own ----------------------------------------------------
-#
-# It serves from threads; this process forks writers, so it must have none. Started as
-# ``python bench_channel.py _collector DB``; one JSON object per line each way.
-
-
-def _collector_main(db: str) -> int:
-    from mpsender._collector import Collector
-
-    collector = Collector(db, max_records=1000).start()
-    out = sys.stdout
-    out.write(json.dumps({"url": collector.url, "port": collector.port, "pid": os.getpid()}) + "\n")
-    out.flush()
-    try:
-        for line in sys.stdin:
-            msg = json.loads(line)
-            cmd = msg["cmd"]
-            answer: dict[str, Any] = {"ok": True}
-            if cmd == "stop":
-                collector.stop()
-            elif cmd == "start":
-                collector.start()
-            elif cmd == "count":
-                answer["count"] = collector.count()
-            elif cmd == "wait":
-                # the moment the count reached n (CLOCK_MONOTONIC: one clock for every process)
-                n = int(msg["n"])
-                at: list[float] = []
-
-                def enough(c: Collector) -> bool:
-                    if c.count() >= n:
-                        if not at:
-                            at.append(time.monotonic())
-                        return True
-                    return False
-
-                answer["ok"] = collector.wait_for(enough, float(msg["timeout"]))
-                answer["at"] = at[0] if at else None
-                answer["count"] = collector.count()
-            else:
-                answer = {"ok": False, "error": f"unknown command {cmd!r}"}
-            out.write(json.dumps(answer) + "\n")
-            out.flush()
-    finally:
-        collector.close()
-    return 0
-
-
-class CollectorProc:
-    """``mpsender._collector.Collector`` on 127.0.0.1 in a child process, a fresh database."""
-
-    def __init__(self, workdir: str) -> None:
-        self.db = os.path.join(workdir, f"collector-{time.monotonic_ns()}.db")
-        self.proc = subprocess.Popen(
-            [PYTHON, str(Path(__file__).resolve()), "_collector", self.db],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=str(REPO),
-            start_new_session=True,
-        )
-        hello = json.loads(self._line())
-        self.url: str = hello["url"]
-        self.port: int = hello["port"]
-        self.pid: int = hello["pid"]
-        self._db: sqlite3.Connection | None = None
-
-    def _line(self) -> str:
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the collector process died")
-        return line
-
-    def ask(self, cmd: str, **args: Any) -> dict[str, Any]:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(json.dumps({"cmd": cmd, **args}) + "\n")
-        self.proc.stdin.flush()
-        return json.loads(self._line())  # type: ignore[no-any-return]
-
-    def count(self) -> int:
-        return int(self.ask("count")["count"])
-
-    def stop(self) -> None:
-        self.ask("stop")
-
-    def start(self) -> None:
-        self.ask("start")
-
-    def wait(self, n: int, timeout: float) -> dict[str, Any]:
-        return self.ask("wait", n=n, timeout=timeout)
-
-    def sql(self, query: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-        """Read the collector's database from this process (WAL: readers never block it)."""
-        if self._db is None:
-            self._db = sqlite3.connect(self.db, timeout=30.0)
-        return self._db.execute(query, args).fetchall()
-
-    def last_id(self) -> int:
-        return int(self.sql("SELECT coalesce(max(id), 0) FROM events")[0][0])
-
-    def pairs(self, since: int = 0) -> Counter[tuple[int, int]]:
-        """How many times each (writer, seq) was stored (rows after ``since`` only)."""
-        rows = self.sql("SELECT json_extract(payload, '$.properties.w'), "
-                        "json_extract(payload, '$.properties.seq'), count(*) FROM events WHERE id > ? "
-                        "GROUP BY 1, 2", (since,))
-        return Counter({(w, s): n for w, s, n in rows if w is not None and s is not None})
-
-    def close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        stop_collector_process(self.proc, self.db, timeout=15)
 
 
 # --- the event --------------------------------------------------------------------------------
@@ -489,7 +357,7 @@ class Mpsender(Channel):
     name = "mpsender (track)"
     has_reader_process = False
 
-    def __init__(self, pad: int, collector: CollectorProc, flush_interval: float) -> None:
+    def __init__(self, pad: int, collector: CollectorProcess, flush_interval: float) -> None:
         super().__init__(pad)
         self.collector = collector
         self.flush_interval = flush_interval
@@ -499,7 +367,7 @@ class Mpsender(Channel):
     def open(self) -> None:
         import mpsender
 
-        self.runtime_dir = tempfile.mkdtemp(prefix="mpb-", dir="/tmp")
+        self.runtime_dir = new_runtime_dir()
         self.first_id = self.last_id = self.collector.last_id()  # this row's events come after
         self.client = mpsender.init(write_key=WRITE_KEY, endpoint=self.collector.url,
                                     runtime_dir=self.runtime_dir, flush_interval=self.flush_interval)
@@ -754,75 +622,20 @@ class WritersKilled:
 
 # --- experiment B ---------------------------------------------------------------------------------
 
-PRODUCER = r"""
-import json, os, signal, sys, time
-import mpsender
-
-w, rate = int(sys.argv[1]), float(sys.argv[2])
-props = json.loads(sys.argv[3])
-mpsender.init()   # every option from MPSENDER_*
-stop = []
-signal.signal(signal.SIGUSR1, lambda *_: stop.append(1))
-print("ready", flush=True)
-sys.stdin.readline()
-interval = 1.0 / rate
-seq = 0
-t0 = time.monotonic()
-while not stop:
-    p = dict(props); p["w"] = w; p["seq"] = seq
-    mpsender.track("Order Completed", user_id="user-8d2c41", properties=p)
-    seq += 1   # track() returned for seq - 1
-    delay = t0 + seq * interval - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
-print(json.dumps({"w": w, "sent": seq}), flush=True)
-os._exit(0)   # as a SIGKILLed or recycled worker would: nothing is flushed at exit
-"""
-
-STARTER = r"""
-import sys
-import mpsender
-sys.exit(0 if mpsender.get_client().start(wait=10.0) else 1)
-"""
-
-
-def wait_sender(runtime_dir: str, exclude: set[int], timeout: float) -> int | None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        pids = live_sender_pids(runtime_dir) - exclude
-        if pids:
-            return int(min(pids))
-        time.sleep(0.05)
-    return None
-
-
-def run_sender_killed(workdir: str, *, journal: bool, producers: int, rate: float, kills: int,
-                      up: float) -> dict[str, Any]:
-    """One row of experiment B."""
-    collector = CollectorProc(workdir)
-    runtime_dir = tempfile.mkdtemp(prefix="mpb-", dir="/tmp")
-    env = app_env(collector.url, runtime_dir, write_key=WRITE_KEY, journal=str(journal).lower())
-    procs: list[subprocess.Popen[str]] = []
+def run_sender_killed(workdir: str, *, producers: int, rate: float, kills: int, up: float) -> dict[str, Any]:
+    """Experiment B."""
+    collector = CollectorProcess(workdir)
+    run = Run(collector.url)
+    procs: Producers | None = None
     t_start = time.monotonic()
     try:
-        for w in range(producers):
-            procs.append(subprocess.Popen(
-                [PYTHON, "-c", PRODUCER, str(w), str(rate), json.dumps(PROPERTIES)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env, cwd=str(REPO),
-                start_new_session=True))
-        for p in procs:
-            assert p.stdout is not None
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError("a producer did not start")
-        for p in procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
+        procs = Producers(run.env, producers, events=0, rate=rate)
+        procs.go()
         dead: set[int] = set()
         respawn: list[float] = []
         for _ in range(kills):
             t_gone = time.monotonic()
-            pid = wait_sender(runtime_dir, dead, 30.0)
+            pid = run.sender(30.0, exclude=dead)
             if pid is None:
                 raise RuntimeError("no sender came back within 30 s")
             if dead:
@@ -830,20 +643,16 @@ def run_sender_killed(workdir: str, *, journal: bool, producers: int, rate: floa
             time.sleep(up)
             os.kill(pid, signal.SIGKILL)
             dead.add(pid)
-            while pid in live_sender_pids(runtime_dir):
+            while pid in run.senders():
                 time.sleep(0.01)
         t_gone = time.monotonic()
-        if wait_sender(runtime_dir, dead, 30.0) is not None:
+        if run.sender(30.0, exclude=dead) is not None:
             respawn.append(time.monotonic() - t_gone)
         time.sleep(up)
-        sent = 0
-        for p in procs:
-            p.send_signal(signal.SIGUSR1)
-        for p in procs:
-            out, _ = p.communicate(timeout=30)
-            sent += json.loads(out.strip().splitlines()[-1])["sent"]
+        procs.stop()
+        sent = sum(r["sent"] for r in procs.results(timeout=30))
         # A sender drains the spool (if none runs now, a fresh one replays it).
-        subprocess.run([PYTHON, "-c", STARTER], env=env, cwd=str(REPO), timeout=30, check=False)
+        run.start_sender()
         last, last_change = -1, time.monotonic()
         while time.monotonic() - last_change < 10.0:
             n = collector.count()
@@ -854,47 +663,24 @@ def run_sender_killed(workdir: str, *, journal: bool, producers: int, rate: floa
                 last, last_change = n, time.monotonic()
             time.sleep(0.1)
         pairs = collector.pairs()
-        per = Counter(w for w, _ in pairs)
         stored = sum(pairs.values())
         distinct = len(pairs)
-        lost = sent - distinct
-        dups = stored - distinct
-        return {"journal": journal, "kills": kills, "sent": sent, "stored": stored, "distinct": distinct,
-                "lost": lost, "duplicates": dups, "per_producer": dict(per),
+        return {"kills": kills, "sent": sent, "stored": stored, "distinct": distinct,
+                "lost": sent - distinct, "duplicates": stored - distinct,
+                "per_producer": dict(Counter(w for w, _ in pairs)),
                 "respawn": respawn, "seconds": time.monotonic() - t_start,
-                "sender_log": dict(sender_log_problems(runtime_dir))}
+                "sender_log": dict(run.log_problems())}
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-        kill_senders(runtime_dir)
-        shutil.rmtree(runtime_dir, ignore_errors=True)
+        if procs is not None:
+            procs.kill()
+        run.close()
         collector.close()
-
-
-def sender_log_problems(runtime_dir: str) -> Counter[str]:
-    """WARNING and ERROR lines of the senders' log, by level and the start of the message."""
-    found: Counter[str] = Counter()
-    for log in Path(runtime_dir).glob("*/sender.log*"):
-        try:
-            lines = log.read_text(errors="replace").splitlines()
-        except OSError:
-            continue
-        for line in lines:
-            for level in (" WARNING ", " ERROR "):
-                if level in line:
-                    message = line.split(level, 1)[1].split(": ", 1)[-1]
-                    found[f"{level.strip()} {message[:60]}"] += 1
-    return found
 
 
 # --- main -------------------------------------------------------------------------------------------
 
 
 def main() -> int:
-    if len(sys.argv) == 3 and sys.argv[1] == "_collector":
-        return _collector_main(sys.argv[2])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--kills", type=int, default=100, help="A: writer SIGKILLs per row (default: %(default)s)")
@@ -955,7 +741,7 @@ def experiment_a(args: argparse.Namespace, workdir: str) -> list[dict[str, Any]]
           f"SIGKILLed every 0-50 ms and replaced, {args.kills} kills per row. Stuck = the replacement's "
           f"first event not read within {args.deadline:g} s ({args.mpsender_deadline:g} s for mpsender, "
           f"flush_interval={args.flush_interval:g}); the row then starts over on a new channel.\n", flush=True)
-    collector = CollectorProc(workdir)
+    collector = CollectorProcess(workdir)
     rows = []
     try:
         every: dict[str, tuple[Channel, int]] = {
@@ -994,33 +780,27 @@ def experiment_a(args: argparse.Namespace, workdir: str) -> list[dict[str, Any]]
     return rows
 
 
-def experiment_b(args: argparse.Namespace, workdir: str) -> list[dict[str, Any]]:
+def experiment_b(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
     print(f"## B. The sender SIGKILLed\n\n{args.producers} producer processes, {args.sender_rate:,.0f} "
           f"events/s each; the sender SIGKILLed {args.sender_kills} times, each time {args.sender_up:g} s "
           f"after a new one started (the producers start it); then the producers stop and a sender "
           f"drains the spool. Other options at their defaults.\n", flush=True)
-    rows = []
-    for journal in (True, False):
-        row = run_sender_killed(workdir, journal=journal, producers=args.producers, rate=args.sender_rate,
-                                kills=args.sender_kills, up=args.sender_up)
-        rows.append(row)
-        print(f"  … journal={journal}: {row['seconds']:.0f} s", file=sys.stderr, flush=True)
-    print("| journal | sender kills | events track() returned for | stored at the collector | lost "
+    row = run_sender_killed(workdir, producers=args.producers, rate=args.sender_rate,
+                            kills=args.sender_kills, up=args.sender_up)
+    print(f"  … {row['seconds']:.0f} s", file=sys.stderr, flush=True)
+    print("| sender kills | events track() returned for | stored at the collector | lost "
           "| duplicated | lost per kill | new sender after a kill (median s) |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        resp = sorted(r["respawn"])
-        med = f"{resp[len(resp) // 2]:.1f}" if resp else "-"
-        label = "True (default): file first" if r["journal"] else "False: socket first"
-        print(f"| {label} | {r['kills']} | {r['sent']:,} | {r['stored']:,} | {r['lost']:,} | {r['duplicates']:,} "
-              f"| {r['lost'] / r['kills']:,.0f} | {med} |")
+    print("|---|---|---|---|---|---|---|")
+    resp = sorted(row["respawn"])
+    med = f"{resp[len(resp) // 2]:.1f}" if resp else "-"
+    print(f"| {row['kills']} | {row['sent']:,} | {row['stored']:,} | {row['lost']:,} | {row['duplicates']:,} "
+          f"| {row['lost'] / row['kills']:,.0f} | {med} |")
     print()
-    for r in rows:
-        if r["sender_log"]:
-            items = "; ".join(f"{n}× {m}" for m, n in sorted(r["sender_log"].items(), key=lambda x: -x[1])[:5])
-            print(f"journal={r['journal']}: the senders logged {items}")
+    if row["sender_log"]:
+        items = "; ".join(f"{n}× {m}" for m, n in sorted(row["sender_log"].items(), key=lambda x: -x[1])[:5])
+        print(f"The senders logged {items}")
     print()
-    return rows
+    return row
 
 
 if __name__ == "__main__":

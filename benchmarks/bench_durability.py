@@ -1,8 +1,7 @@
-"""Durability figures (issue 3): replay after an outage, the sender's memory during one,
-and what the journal costs.
+"""Durability figures (issue 3): replay after an outage and the sender's memory during one.
 
     .venv/bin/python benchmarks/bench_durability.py                       # ~2.5 min on 2 cores
-    .venv/bin/python benchmarks/bench_durability.py --outage-seconds 15 --events 40000 --journal-events 10000
+    .venv/bin/python benchmarks/bench_durability.py --outage-seconds 15 --events 40000
 
 1. Replay: the collector is down (its port refuses connections); ``--producers`` processes
    track ``--events`` events between them, flat out; the sender (started by them, retrying
@@ -13,28 +12,19 @@ and what the journal costs.
    ``--rss-producers`` processes pace themselves to ``--outage-rate`` events/s between them;
    the sender's RSS (psutil) is sampled every second. Then the collector comes back and the
    backlog is delivered (checked: nothing lost).
-3. The cost of the journal: ``--producers`` x ``--journal-events`` events, flat out, once with
-   ``journal=True`` (the default) and once with ``journal=False``, alternating A B A B for
-   ``--rounds`` rounds, a fresh runtime directory and sender each time (``--journal-rate``
-   paces the producers instead). End to end =
-   events / (first track() in any producer -> the collector stored the last one); track()
-   is timed alone with ``perf_counter_ns`` in each producer.
 
 Every producer is a fresh interpreter configured by ``MPSENDER_*``; the collector runs in a
-process of its own (see ``bench_channel.py``). Benchmarks only: figures, not a pass/fail test.
+process of its own (``_collector_proc.py``, SQLite store). Benchmarks only: figures, not a pass/fail test.
 """
 
 from __future__ import annotations
 
 import argparse
-import array
-import base64
 import json
 import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,144 +35,19 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from bench_channel import (  # noqa: E402
-    PROPERTIES,
-    PYTHON,
-    REPO,
-    STARTER,
-    WRITE_KEY,
-    CollectorProc,
+from _common import (  # noqa: E402
+    CollectorProcess,
     command_line,
     machine_line,
-    sender_log_problems,
-    wait_sender,
+    proc_status,
 )
-from support import app_env, kill_senders, live_sender_pids  # noqa: E402  (tests/, on the path now)
-
-PRODUCER = r"""
-import array, base64, json, os, signal, sys, time
-import mpsender
-
-spec = json.loads(sys.argv[1])
-mpsender.init()   # every option from MPSENDER_*
-stop = []
-signal.signal(signal.SIGUSR1, lambda *_: stop.append(1))
-print("ready", flush=True)
-sys.stdin.readline()
-w, n, rate, timed, props = spec["w"], spec["n"], spec["rate"], spec["timed"], spec["props"]
-interval = 1.0 / rate if rate else 0.0
-samples = array.array("q")
-pc = time.perf_counter_ns
-track = mpsender.track
-seq = 0
-cpu0 = os.times()
-t_first = time.monotonic()
-while not stop and (n == 0 or seq < n):
-    p = dict(props)
-    p["w"] = w
-    p["seq"] = seq
-    if timed:
-        t = pc()
-        track("Order Completed", user_id="user-8d2c41", properties=p)
-        samples.append(pc() - t)
-    else:
-        track("Order Completed", user_id="user-8d2c41", properties=p)
-    seq += 1
-    if interval:
-        delay = t_first + seq * interval - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
-t_last = time.monotonic()
-cpu = os.times()
-st = mpsender.get_client().stats(timeout=0.5).process
-print(json.dumps({"w": w, "sent": seq, "t_first": t_first, "t_last": t_last,
-                  "cpu": cpu.user + cpu.system - cpu0.user - cpu0.system,
-                  "spilled": st.spilled, "fallback": st.sent_over_socket, "handed": st.handed_to_sender,
-                  "samples": base64.b64encode(samples.tobytes()).decode()}), flush=True)
-os._exit(0)   # nothing to flush: the events are in this process's spool file (or the sender's)
-"""
+from _producers import Producers, Run  # noqa: E402
 
 
 # --- helpers ------------------------------------------------------------------------------------
 
 
-class Producers:
-    """``n`` producer processes, started together."""
-
-    def __init__(self, env: dict[str, str], count: int, *, events: int, rate: float, timed: bool) -> None:
-        self.procs: list[subprocess.Popen[str]] = []
-        for w in range(count):
-            spec = {"w": w, "n": events, "rate": rate, "timed": timed, "props": PROPERTIES}
-            self.procs.append(subprocess.Popen(
-                [PYTHON, "-c", PRODUCER, json.dumps(spec)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                text=True, env=env, cwd=str(REPO), start_new_session=True))
-        for p in self.procs:
-            assert p.stdout is not None
-            if p.stdout.readline().strip() != "ready":
-                raise RuntimeError("a producer did not start")
-
-    def go(self) -> None:
-        for p in self.procs:
-            assert p.stdin is not None
-            p.stdin.write("go\n")
-            p.stdin.flush()
-
-    def stop(self) -> None:
-        for p in self.procs:
-            p.send_signal(signal.SIGUSR1)
-
-    def results(self, timeout: float) -> list[dict[str, Any]]:
-        out = []
-        for p in self.procs:
-            stdout, _ = p.communicate(timeout=timeout)
-            out.append(json.loads(stdout.strip().splitlines()[-1]))
-        return out
-
-    def kill(self) -> None:
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-
-
-class Run:
-    """A fresh runtime directory (so a fresh sender and spool), cleaned up by pid."""
-
-    def __init__(self, url: str, **options: object) -> None:
-        self.dir = tempfile.mkdtemp(prefix="mpb-", dir="/tmp")
-        self.env = app_env(url, self.dir, write_key=WRITE_KEY, **options)
-
-    def sender(self, timeout: float = 10.0) -> int | None:
-        return wait_sender(self.dir, set(), timeout)
-
-    def start_sender(self) -> bool:
-        return subprocess.run([PYTHON, "-c", STARTER], env=self.env, cwd=str(REPO), timeout=30,
-                              check=False).returncode == 0
-
-    def spool_bytes(self) -> int:
-        return sum(f.stat().st_size for f in Path(self.dir).glob("*/spool/*.wal"))
-
-    def close(self) -> None:
-        kill_senders(self.dir)
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
-def samples_of(results: list[dict[str, Any]]) -> list[int]:
-    out: list[int] = []
-    for r in results:
-        a = array.array("q")
-        a.frombytes(base64.b64decode(r["samples"]))
-        out.extend(a)
-    return out
-
-
-def pct(sorted_ns: list[int], q: float) -> float:
-    if not sorted_ns:
-        return float("nan")
-    return sorted_ns[min(len(sorted_ns) - 1, int(len(sorted_ns) * q))] / 1000
-
-
-def delivered(collector: CollectorProc, sent: int) -> tuple[int, int]:
+def delivered(collector: CollectorProcess, sent: int) -> tuple[int, int]:
     """(lost, duplicated) at the collector against producers that sent seq 0..n-1 each."""
     pairs = collector.pairs()
     return sent - len(pairs), sum(pairs.values()) - len(pairs)
@@ -207,14 +72,14 @@ def stop_sender(pid: int, timeout: float = 15.0) -> str:
 
 
 def bench_replay(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
-    collector = CollectorProc(workdir)
+    collector = CollectorProcess(workdir)
     collector.stop()  # the outage: the port refuses connections
     run = Run(collector.url)
     producers: Producers | None = None
     try:
         per = args.events // args.producers
         total = per * args.producers
-        producers = Producers(run.env, args.producers, events=per, rate=0, timed=False)
+        producers = Producers(run.env, args.producers, events=per, rate=0)
         producers.go()
         results = producers.results(timeout=300)
         sent = sum(r["sent"] for r in results)
@@ -227,14 +92,14 @@ def bench_replay(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         if not run.start_sender():
             raise RuntimeError("the fresh sender did not start")
         t_ready = time.monotonic()
-        done = collector.wait(total, timeout=args.timeout)
+        done = collector.wait_count(total, timeout=args.timeout)
         if not done["ok"]:
             raise RuntimeError(f"replay incomplete after {args.timeout} s: {done['count']} of {total}")
         lost, dups = delivered(collector, sent)
         return {"events": sent, "track_s": track_s, "stopped": how, "spool_bytes": spool,
-                "start_s": t_ready - t0, "replay_s": done["at"] - t0,
-                "rate": sent / (done["at"] - t0), "rate_from_ready": sent / (done["at"] - t_ready),
-                "lost": lost, "duplicates": dups, "log": dict(sender_log_problems(run.dir))}
+                "start_s": t_ready - t0, "replay_s": done["done_at"] - t0,
+                "rate": sent / (done["done_at"] - t0), "rate_from_ready": sent / (done["done_at"] - t_ready),
+                "lost": lost, "duplicates": dups, "log": dict(run.log_problems())}
     finally:
         if producers is not None:
             producers.kill()
@@ -256,13 +121,13 @@ def slope_mb_per_min(points: list[tuple[float, float]]) -> float:
 
 
 def bench_rss(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
-    collector = CollectorProc(workdir)
+    collector = CollectorProcess(workdir)
     collector.stop()
     run = Run(collector.url)
     producers: Producers | None = None
     try:
         rate = args.outage_rate / args.rss_producers
-        producers = Producers(run.env, args.rss_producers, events=0, rate=rate, timed=False)
+        producers = Producers(run.env, args.rss_producers, events=0, rate=rate)
         pid = run.sender()
         if pid is None:
             raise RuntimeError("no sender started")
@@ -283,15 +148,15 @@ def bench_rss(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
                 next_at += 1.0
             time.sleep(max(0.0, min(next_at, t0 + args.outage_seconds) - time.monotonic()))
         points.append((time.monotonic() - t0, proc.memory_info().rss / 2**20))
-        hwm = _vm_hwm(pid)
+        hwm = proc_status(pid).get("VmHWM")
         producers.stop()
         results = producers.results(timeout=60)
         sent = sum(r["sent"] for r in results)
         achieved = sent / (max(r["t_last"] for r in results) - min(r["t_first"] for r in results))
-        same_sender = pid in live_sender_pids(run.dir)
+        same_sender = pid in run.senders()
         collector.start()
         t_back = time.monotonic()
-        done = collector.wait(sent, timeout=args.timeout)
+        done = collector.wait_count(sent, timeout=args.timeout)
         lost, dups = delivered(collector, sent)
         first = _first_request_after(collector, t_back)
         values = sorted(v for _, v in points)
@@ -305,8 +170,8 @@ def bench_rss(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
             "slope": slope_mb_per_min(steady), "growth": steady[-1][1] - steady[0][1] if steady else 0.0,
             "hwm_mb": hwm / 1024 if hwm else None,
             "spool_mb": max(disk) / 2**20 if disk else 0.0, "same_sender": same_sender,
-            "drain_s": (done["at"] - t_back) if done["ok"] else None, "first_request_s": first,
-            "lost": lost, "duplicates": dups, "points": points, "log": dict(sender_log_problems(run.dir)),
+            "drain_s": (done["done_at"] - t_back) if done["ok"] else None, "first_request_s": first,
+            "lost": lost, "duplicates": dups, "points": points, "log": dict(run.log_problems()),
         }
     finally:
         if producers is not None:
@@ -315,85 +180,13 @@ def bench_rss(args: argparse.Namespace, workdir: str) -> dict[str, Any]:
         collector.close()
 
 
-def _vm_hwm(pid: int) -> int | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _first_request_after(collector: CollectorProc, t_back: float) -> float | None:
+def _first_request_after(collector: CollectorProcess, t_back: float) -> float | None:
     """Seconds from the collector's return to the first batch it stored (wall clock)."""
     rows = collector.sql("SELECT min(received_at) FROM requests WHERE status = 200")
     if not rows or rows[0][0] is None:
         return None
     # received_at is wall-clock; convert our monotonic mark through the current offset
     return float(rows[0][0]) - (time.time() - (time.monotonic() - t_back))
-
-
-# --- 3. the cost of the journal ----------------------------------------------------------------------
-
-
-def bench_journal(args: argparse.Namespace, workdir: str) -> list[dict[str, Any]]:
-    collector = CollectorProc(workdir)
-    rows = []
-    try:
-        for rnd in range(1, args.rounds + 1):
-            for journal in (True, False):
-                rows.append(_journal_run(collector, args, journal, rnd))
-                r = rows[-1]
-                print(f"  … round {rnd}, journal={journal}: {r['e2e']:,.0f} events/s end to end",
-                      file=sys.stderr, flush=True)
-    finally:
-        collector.close()
-    return rows
-
-
-def _journal_run(collector: CollectorProc, args: argparse.Namespace, journal: bool, rnd: int) -> dict[str, Any]:
-    run = Run(collector.url, journal=str(journal).lower())
-    producers: Producers | None = None
-    try:
-        total = args.journal_events * args.producers
-        producers = Producers(run.env, args.producers, events=args.journal_events, rate=args.journal_rate,
-                              timed=True)
-        pid = run.sender()
-        base = collector.count()
-        cpu0 = _cpu(pid)
-        producers.go()
-        results = producers.results(timeout=300)
-        done = collector.wait(base + total, timeout=args.timeout)
-        if not done["ok"]:
-            raise RuntimeError(f"journal={journal}: {done['count'] - base} of {total} stored "
-                               f"after {args.timeout} s")
-        t_first = min(r["t_first"] for r in results)
-        t_last = max(r["t_last"] for r in results)
-        ns = sorted(samples_of(results))
-        stats = None
-        if pid is not None:
-            cpu1 = _cpu(pid)
-            stats = (cpu1 - cpu0) / total * 1e6 if cpu0 is not None and cpu1 is not None else None
-        return {"round": rnd, "journal": journal, "events": total, "e2e": total / (done["at"] - t_first),
-                "tracking": total / (t_last - t_first), "median_us": pct(ns, 0.5), "p99_us": pct(ns, 0.99),
-                "p999_us": pct(ns, 0.999), "sender_cpu_us": stats,
-                "producer_cpu_us": sum(r["cpu"] for r in results) / total * 1e6,
-                "spilled": sum(r["spilled"] for r in results) / total}
-    finally:
-        if producers is not None:
-            producers.kill()
-        run.close()
-
-
-def _cpu(pid: int | None) -> float | None:
-    if pid is None:
-        return None
-    try:
-        t = psutil.Process(pid).cpu_times()
-        return float(t.user + t.system)
-    except psutil.NoSuchProcess:
-        return None
 
 
 # --- output ------------------------------------------------------------------------------------------
@@ -441,26 +234,6 @@ def print_rss(r: dict[str, Any], args: argparse.Namespace) -> None:
     print()
 
 
-def print_journal(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    pace = "flat out" if not args.journal_rate else f"{args.journal_rate:,.0f} events/s each"
-    print(f"## 3. The cost of the journal\n\n{args.producers} producers × {args.journal_events:,} events, {pace}, "
-          f"alternating journal=True / journal=False for {args.rounds} rounds (fresh sender each run). "
-          f"End to end = events / (first track() -> the collector stored the last).\n")
-    print("| round | journal | end to end events/s | tracking events/s | track() median | p99 | p99.9 "
-          "| sender CPU per event | producer CPU per event | events that went to the file |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['round']} | {r['journal']} | {r['e2e']:,.0f} | {r['tracking']:,.0f} | {r['median_us']:.1f} µs "
-              f"| {r['p99_us']:.1f} µs | {r['p999_us']:.1f} µs | {f(r['sender_cpu_us'], '.1f')} µs "
-              f"| {r['producer_cpu_us']:.1f} µs | {'all' if r['journal'] else format(r['spilled'], '.0%')} |")
-    for journal in (True, False):
-        mine = [r for r in rows if r["journal"] is journal]
-        med = {k: statistics.median(r[k] for r in mine) for k in ("e2e", "tracking", "median_us", "p99_us")}
-        print(f"| median | **{journal}** | **{med['e2e']:,.0f}** | {med['tracking']:,.0f} "
-              f"| **{med['median_us']:.1f} µs** | **{med['p99_us']:.1f} µs** | | | | |")
-    print()
-
-
 def _print_log(log: dict[str, int]) -> None:
     if log:
         items = "; ".join(f"{n}× {m}" for m, n in sorted(log.items(), key=lambda x: -x[1])[:4])
@@ -473,7 +246,7 @@ def _print_log(log: dict[str, int]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--producers", type=int, default=4, help="1, 3: producer processes (default: %(default)s)")
+    ap.add_argument("--producers", type=int, default=4, help="1: producer processes (default: %(default)s)")
     ap.add_argument("--events", type=int, default=100_000,
                     help="1: events tracked during the outage, in all (default: %(default)s)")
     ap.add_argument("--outage-seconds", type=float, default=60.0,
@@ -481,26 +254,18 @@ def main() -> int:
     ap.add_argument("--outage-rate", type=float, default=5000.0,
                     help="2: events/s tracked during it, in all (default: %(default)s)")
     ap.add_argument("--rss-producers", type=int, default=2, help="2: producer processes (default: %(default)s)")
-    ap.add_argument("--journal-events", type=int, default=25_000,
-                    help="3: events per producer per run (default: %(default)s)")
-    ap.add_argument("--journal-rate", type=float, default=0.0,
-                    help="3: events/s per producer; 0 = flat out (default: %(default)s). Paced, the "
-                         "end-to-end figure is the pace; track() then shows the cost without a full socket")
-    ap.add_argument("--rounds", type=int, default=3, help="3: A B rounds (default: %(default)s)")
-    ap.add_argument("--only", choices=["replay", "rss", "journal"], nargs="+", help="run some parts only")
+    ap.add_argument("--only", choices=["replay", "rss"], nargs="+", help="run some parts only")
     ap.add_argument("--timeout", type=float, default=120.0,
                     help="longest wait for the collector to have everything (default: %(default)s)")
     ap.add_argument("--json", metavar="FILE", help="also write the raw results here")
     args = ap.parse_args()
     if not 1 <= args.producers <= 16 or not 1 <= args.rss_producers <= 16:
         ap.error("--producers and --rss-producers must be within 1..16")
-    if not 1_000 <= args.events <= 2_000_000 or not 100 <= args.journal_events <= 1_000_000:
-        ap.error("--events must be within 1,000..2,000,000 and --journal-events within 100..1,000,000")
+    if not 1_000 <= args.events <= 2_000_000:
+        ap.error("--events must be within 1,000..2,000,000")
     if not 1 <= args.outage_seconds <= 600 or not 1 <= args.outage_rate <= 50_000:
         ap.error("--outage-seconds must be within 1..600 and --outage-rate within 1..50,000")
-    if not 1 <= args.rounds <= 10 or not 0 <= args.journal_rate <= 1_000_000:
-        ap.error("--rounds must be within 1..10 and --journal-rate within 0..1,000,000")
-    parts = args.only or ["replay", "rss", "journal"]
+    parts = args.only or ["replay", "rss"]
 
     print(f"# bench_durability\n\n`{command_line()}`\n\n{machine_line()}\n", flush=True)
     workdir = tempfile.mkdtemp(prefix="mpb-du-")
@@ -512,9 +277,6 @@ def main() -> int:
         if "rss" in parts:
             results["rss"] = bench_rss(args, workdir)
             print_rss(results["rss"], args)
-        if "journal" in parts:
-            results["journal"] = bench_journal(args, workdir)
-            print_journal(results["journal"], args)
         sys.stdout.flush()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)

@@ -10,7 +10,7 @@ distinct message ids), for 1, 2, 4, 8, 16 producer processes and events of about
 200 B, 2 KB and 20 KB (the packed record; the 8 properties plus a padding string).
 The total per row is fixed by size (``--events-200`` etc.) and split over the
 producers, so every row moves about the same number of bytes and stays well under 20 s.
-The collector runs in its lean mode (``store="ids"``: every check and answer, only the
+The collector runs with the lean store (``--store ids``, ``_lean_store.py``: every check and answer, only the
 message ids kept) unless ``--store sqlite`` says otherwise, and checks the write key.
 
 track() figures are per call in each producer, timed as in bench_compare.py, while

@@ -20,14 +20,13 @@ parallel with the writes) and one statement splits it into rows. The events of a
 batch never become Python objects, unless the body holds what SQLite cannot read
 (NaN, say) or SQLite was built without JSON support; then Python does both.
 
-``Collector(store="ids")`` is the lean mode, for throughput benchmarks: the same
-checks (auth, gzip, JSON, the ``batch`` shape per format, the faults), the same
-answers, but no SQLite at all. A body is parsed by orjson when it is importable
-(by ``json`` otherwise) and only the message ids of accepted events are kept, in
-memory; ``events()`` is not available in that mode.
+Where accepted events go is a :class:`Store` (``Collector(store=...)``); SQLite is
+the only one shipped. The benchmarks plug in a lean one of their own
+(``benchmarks/_lean_store.py``: only message ids, in memory).
 """
 
 from ._model import CollectorTotals, Faults, RequestRecord
 from ._server import Collector
+from ._store import SqliteStore, Store
 
-__all__ = ["Collector", "CollectorTotals", "Faults", "RequestRecord"]
+__all__ = ["Collector", "CollectorTotals", "Faults", "RequestRecord", "SqliteStore", "Store"]

@@ -16,11 +16,6 @@ SEGMENT: Final = "segment"
 POSTHOG: Final = "posthog"
 JSON: Final = "json"
 
-#: ``Collector(store=...)``: every event in SQLite (the default), or only message ids in memory.
-STORE_SQLITE: Final = "sqlite"
-STORE_IDS: Final = "ids"
-_STORES: Final = (STORE_SQLITE, STORE_IDS)
-
 #: A body larger than this on the wire is refused with 413 before it is read.
 MAX_WIRE_BYTES: Final = 64 * 1024 * 1024
 #: A gzip body that inflates past this is refused with 413 (unless ``max_body_bytes`` says less).

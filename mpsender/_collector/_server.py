@@ -22,9 +22,9 @@ from typing import Any, cast
 from urllib.parse import urlsplit
 
 
-from ._model import CollectorTotals, Faults, MAX_BODY_BYTES, MAX_WIRE_BYTES, POSTHOG, RequestRecord, SEGMENT, STORE_IDS, STORE_SQLITE, _BATCH_METHODS, _Batch, _HEALTH_PATH, _Incomplete, _Reject, _STORES
+from ._model import CollectorTotals, Faults, MAX_BODY_BYTES, MAX_WIRE_BYTES, POSTHOG, RequestRecord, SEGMENT, _BATCH_METHODS, _Batch, _HEALTH_PATH, _Incomplete, _Reject
 from ._body import _gunzip, _route, _text
-from ._store import _IdStore, _JsonReader, _ObjectReader, _Store
+from ._store import SqliteStore, Store
 
 logger = logging.getLogger(__name__)
 
@@ -252,33 +252,32 @@ class Collector:
     connection; ``start()`` again serves on the same port with the same store, so
     a test can make an outage. The store stays readable after ``stop()`` and
     until :meth:`close`. A file ``db_path`` that already holds tables is appended to.
-
-    ``store="ids"`` keeps only the message ids of accepted events, in memory, and
-    never opens ``db_path``: every check and answer is the same, at a fraction of
-    the CPU per event (for throughput benchmarks). :meth:`events` then raises.
     """
 
     def __init__(
         self,
-        db_path: str | os.PathLike[str] = ":memory:",
+        db_path: str | os.PathLike[str] | None = None,
         *,
         host: str = "127.0.0.1",
         port: int = 0,
         write_key: str | None = None,
         faults: Faults | None = None,
         max_records: int | None = 100_000,
-        store: str = STORE_SQLITE,
+        store: Store | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         """``max_records`` bounds the in-memory :meth:`requests` list (oldest dropped first).
 
         ``ssl_context``: a server context (certificate loaded) to serve HTTPS instead.
 
-        ``store``: ``"sqlite"`` (every event in ``db_path``) or ``"ids"`` (the message
-        ids only, in memory; ``db_path`` is not opened).
+        ``db_path``: the SQLite database (``":memory:"`` when not given). ``store``:
+        somewhere else to keep accepted events, instead of SQLite (a :class:`Store`;
+        ``db_path`` must then be left out). The collector closes it.
         """
-        if store not in _STORES:
-            raise ValueError(f"store must be one of {', '.join(map(repr, _STORES))}, got {store!r}")
+        if store is not None and db_path is not None:
+            raise ValueError("give db_path or store, not both")
+        if isinstance(store, (str, bytes, os.PathLike)):
+            raise TypeError(f"store must be a store object (see docs/collector.md), got {store!r}")
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be within [0, 65535], got {port!r}")
         if max_records is not None and max_records < 1:
@@ -287,13 +286,7 @@ class Collector:
         self._port = port
         self._ssl_context = ssl_context
         self._write_key = write_key
-        self._store_kind = store
-        self._store: _Store | _IdStore
-        self._reader: _JsonReader | _ObjectReader
-        if store == STORE_IDS:
-            self._store, self._reader = _IdStore(), _ObjectReader()
-        else:
-            self._store, self._reader = _Store(db_path), _JsonReader()
+        self._store: Store = store if store is not None else SqliteStore(":memory:" if db_path is None else db_path)
         self._lifecycle = threading.Lock()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -325,7 +318,7 @@ class Collector:
             cls = _Server6 if ":" in self._host else _Server
             server = cls((self._host, self._port), self, self._ssl_context)
             try:
-                self._store.drop_index()
+                self._store.before_serving()
             except BaseException:
                 server.server_close()
                 raise
@@ -355,7 +348,7 @@ class Collector:
             if not server.close_connections(timeout=5.0):
                 logger.warning("collector connections still open 5 s after stop()")
             thread.join(5.0)
-            self._build_index()
+            self._after_serving()
         with self._changed:
             self._changed.notify_all()
         logger.info("collector on port %d stopped", self._port)
@@ -367,13 +360,12 @@ class Collector:
             if self._closed:
                 return
             self._closed = True
-        self._reader.close()
-        self._build_index()  # for a collector that never served
+        self._after_serving()  # for a collector that never served
         self._store.close()
 
-    def _build_index(self) -> None:
+    def _after_serving(self) -> None:
         try:
-            self._store.build_index()
+            self._store.after_serving()
         except sqlite3.Error:  # a full disk, say: the events are stored, only the index is missing
             logger.warning("could not build the message_id index", exc_info=True)
 
@@ -402,9 +394,9 @@ class Collector:
         return f"{scheme}://{host}:{self._port}"
 
     @property
-    def store(self) -> str:
-        """``"sqlite"`` or ``"ids"``, as given to the constructor."""
-        return self._store_kind
+    def store(self) -> Store:
+        """Where accepted events go: the :class:`Store` given, or the SQLite one."""
+        return self._store
 
     @property
     def faults(self) -> Faults:
@@ -422,25 +414,15 @@ class Collector:
     # -- what was received
 
     def events(self) -> list[dict[str, Any]]:
-        """Every stored event, decoded, in arrival order.
-
-        Raises ``RuntimeError`` with ``store="ids"``, which keeps no events.
-        """
-        store = self._store
-        if isinstance(store, _IdStore):
-            raise RuntimeError("events() needs the SQLite store: this collector runs with store='ids' "
-                               "and keeps only message ids (message_ids(), count(), requests())")
-        return [json.loads(p) for p in store.column("SELECT payload FROM events ORDER BY id")]
+        """Every stored event, decoded, in arrival order (``RuntimeError`` from a store that keeps none)."""
+        return self._store.events()
 
     def message_ids(self) -> list[str]:
         """The messageId (Segment, JSON) or uuid (PostHog) of each stored event, duplicates kept.
 
         In arrival order; an event stored without one is left out.
         """
-        store = self._store
-        if isinstance(store, _IdStore):
-            return store.message_ids()
-        return store.column("SELECT message_id FROM events WHERE message_id IS NOT NULL ORDER BY id")
+        return self._store.message_ids()
 
     def requests(self) -> list[RequestRecord]:
         """Every request (the last ``max_records``), by arrival time."""
@@ -509,7 +491,7 @@ class Collector:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
             raise _Reject(400, "body is not UTF-8") from None
-        shape = self._reader.shape(text, fmt, faults.reject_event)
+        shape = self._store.shape(text, fmt, faults.reject_event)
         if shape.top != "object":
             raise _Reject(400, "body is not a JSON object")
         if shape.batch != "array":
@@ -610,7 +592,7 @@ def tune_gc_for_serving() -> None:
     Parsing a batch builds about 7,000 dicts and lists that live until the request is
     answered; with CPython's default threshold (700) each batch starts about ten young
     collections that walk them, and older collections that also walk every request
-    record kept. The lean store's CPU per event, the handler called in a loop on
+    record kept. A lean store's CPU per event, the handler called in a loop on
     1,000-event bodies: 4.1-4.5 µs at the default, 1.6-1.7 µs at 10,000 or above
     (docs/collector.md). Only for a process of its own (``mpsender collect``, the
     benchmarks' collector): the threshold is the whole process's.

@@ -1,4 +1,10 @@
-"""Where accepted events go: SQLite (the default) or, for benchmarks, message ids in memory."""
+"""Where accepted events go: the :class:`Store` interface and the SQLite store behind it.
+
+A collector reads and checks each body through its store (the store picks the parser
+its writes want) and hands it every request. The SQLite store is the only one shipped;
+the interface is the seam for others (the benchmarks' lean store keeps only message
+ids in memory, so that the collector costs little next to what they measure).
+"""
 
 from __future__ import annotations
 
@@ -8,16 +14,10 @@ import os
 import sqlite3
 import threading
 import weakref
-from typing import Any, Final
-
-_orjson: Any  # the lean store's parser; the json module does the same work, slower
-try:
-    import orjson as _orjson  # type: ignore[import-not-found,unused-ignore,no-redef]
-except ImportError:  # pragma: no cover - depends on the environment
-    _orjson = None
+from typing import Any, Final, Protocol
 
 from ._model import JSON, POSTHOG, SEGMENT, _Batch
-from ._body import _DEFAULT_TYPE, _SHAPE_SQL, _Shape, _event_type, _shape_doc, _shape_python, _text
+from ._body import _DEFAULT_TYPE, _SHAPE_SQL, _Shape, _event_type, _shape_python, _text
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class _JsonReader:
     lock and in parallel with the writes.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, json_functions: bool = True) -> None:
         self._lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._all: list[sqlite3.Connection] = []
@@ -42,7 +42,7 @@ class _JsonReader:
         conn = self._connect()
         try:
             conn.execute("SELECT json_type('{}')").fetchone()
-            self.sqlite = True
+            self.sqlite = json_functions
         except sqlite3.OperationalError:
             logger.info("SQLite has no JSON functions; batches are read and stored by Python")
             self.sqlite = False
@@ -77,27 +77,6 @@ class _JsonReader:
     def close(self) -> None:
         with self._lock:
             self._finalizer()
-
-
-class _ObjectReader:
-    """Reads bodies into Python objects, for the lean store: orjson when importable, else json.
-
-    What orjson refuses and the json module reads (NaN, infinities, lone surrogates,
-    integers past 64 bits) goes through :func:`_shape_python`, so both stores accept
-    and refuse the same bodies, for the same reasons.
-    """
-
-    def shape(self, text: str, fmt: str, reject: str | None) -> _Shape:
-        if _orjson is None:
-            return _shape_python(text, fmt, reject)
-        try:
-            doc = _orjson.loads(text)
-        except _orjson.JSONDecodeError:
-            return _shape_python(text, fmt, reject)
-        return _shape_doc(doc, fmt, reject)
-
-    def close(self) -> None:
-        pass
 
 
 # -- storage ---------------------------------------------------------------------
@@ -162,10 +141,63 @@ VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
 
-class _Store:
-    """The SQLite database: one connection, one lock, one transaction per request."""
+class Store(Protocol):
+    """What a :class:`Collector` needs of the place its accepted events go.
 
-    def __init__(self, db_path: str | os.PathLike[str]) -> None:
+    ``shape`` runs in the connection threads, in parallel, outside any lock the store
+    holds for writing; ``write`` is called once per request, answered or not, by those
+    threads too. The collector calls ``before_serving`` when it starts listening and
+    ``after_serving`` when it stops (and once more at ``close``, for a collector that
+    never served).
+    """
+
+    #: events already held when the collector starts (a reused database file)
+    initial_events: int
+
+    def shape(self, text: str, fmt: str, reject: str | None) -> _Shape:
+        """Read a body (UTF-8 text) enough to check it; ``events`` set if decoded."""
+        ...
+
+    def write(
+        self,
+        *,
+        received_at: float,
+        path: str,
+        status: int | None,
+        body_bytes: int,
+        gzip: bool,
+        error: str | None,
+        batch: _Batch | None,
+    ) -> int:
+        """Record one request and keep its batch, if any; return the events kept."""
+        ...
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every kept event, decoded, in arrival order (``RuntimeError`` if it keeps none)."""
+        ...
+
+    def message_ids(self) -> list[str]:
+        """The message id of each kept event, duplicates kept, in arrival order."""
+        ...
+
+    def before_serving(self) -> None: ...
+
+    def after_serving(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class SqliteStore:
+    """The SQLite database: one connection, one lock, one transaction per request.
+
+    Bodies are read by SQLite's JSON functions on connections of their own
+    (:class:`_JsonReader`), so the events of a batch never become Python objects;
+    ``json_functions=False`` has Python read and split them, as when SQLite lacks
+    those functions (for tests).
+    """
+
+    def __init__(self, db_path: str | os.PathLike[str], *, json_functions: bool = True) -> None:
+        self._reader = _JsonReader(json_functions)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(db_path, check_same_thread=False, isolation_level=None)
         # Closed explicitly even when the owner is dropped unclosed: Python 3.13
@@ -178,8 +210,12 @@ class _Store:
         self.initial_events: int = row[0]
 
     def close(self) -> None:
+        self._reader.close()
         with self._lock:
             self._finalizer()
+
+    def shape(self, text: str, fmt: str, reject: str | None) -> _Shape:
+        return self._reader.shape(text, fmt, reject)
 
     def write(
         self,
@@ -248,9 +284,15 @@ class _Store:
             ))
         return rows
 
-    def column(self, sql: str) -> list[Any]:
+    def _column(self, sql: str) -> list[Any]:
         with self._lock:
             return [row[0] for row in self._db.execute(sql)]
+
+    def events(self) -> list[dict[str, Any]]:
+        return [json.loads(p) for p in self._column("SELECT payload FROM events ORDER BY id")]
+
+    def message_ids(self) -> list[str]:
+        return self._column("SELECT message_id FROM events WHERE message_id IS NOT NULL ORDER BY id")
 
     # Keeping an index on random message ids (uuid4, as Segment's and PostHog's
     # libraries make them) up to date costs more than the rest of a write, five
@@ -258,64 +300,10 @@ class _Store:
     # over the index. So the index is dropped while serving and built, by one
     # sort, when serving stops.
 
-    def drop_index(self) -> None:
+    def before_serving(self) -> None:
         with self._lock:
             self._db.execute("DROP INDEX IF EXISTS events_message_id")
 
-    def build_index(self) -> None:
+    def after_serving(self) -> None:
         with self._lock:
             self._db.execute(_INDEX)
-
-
-class _IdStore:
-    """The lean store (``store="ids"``): the message ids of accepted events, in memory.
-
-    Same interface as :class:`_Store` for the request path; nothing touches a disk.
-    An id is kept as the SQLite store's ``message_id`` column would hold it (text).
-    """
-
-    initial_events: Final = 0
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._ids: list[object] = []
-
-    def write(
-        self,
-        *,
-        received_at: float,
-        path: str,
-        status: int | None,
-        body_bytes: int,
-        gzip: bool,
-        error: str | None,
-        batch: _Batch | None,
-    ) -> int:
-        """Keep the ids of the batch's events, if any; return the events accepted."""
-        if batch is None or not batch.count:
-            return 0
-        events = batch.events
-        if events is None:  # not expected: the lean reader always decodes
-            events = json.loads(batch.text)["batch"]
-        key = _KEYS[batch.fmt][0]
-        ids = [m if type(m) is str else _text(m)
-               for ev in events if (m := ev.get(key)) is not None]
-        with self._lock:
-            self._ids.extend(ids)
-        return batch.count
-
-    def message_ids(self) -> list[Any]:
-        with self._lock:
-            return list(self._ids)
-
-    def close(self) -> None:
-        pass
-
-    def drop_index(self) -> None:
-        pass
-
-    def build_index(self) -> None:
-        pass
-
-
-# -- HTTP ------------------------------------------------------------------------

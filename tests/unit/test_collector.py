@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import gzip
+import importlib.util
 import json
 import math
 import random
@@ -20,8 +21,17 @@ from typing import Any
 import httpx
 import pytest
 
-from mpsender._collector import Collector, Faults
-from mpsender._collector._store import _JsonReader
+from mpsender._collector import Collector, Faults, SqliteStore
+
+# The benchmarks' lean store (only message ids, in memory), plugged in through
+# Collector(store=...): the seam's real second user, and its figures rely on it
+# answering exactly as the shipped SQLite store does.
+_spec = importlib.util.spec_from_file_location(
+    "_lean_store", Path(__file__).resolve().parents[2] / "benchmarks" / "_lean_store.py")
+assert _spec is not None and _spec.loader is not None
+lean_store = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(lean_store)
+IdStore = lean_store.IdStore
 
 KEY = "test-key"
 PATHS = {"segment": "/v1/batch", "posthog": "/batch/", "json": "/json"}
@@ -195,9 +205,7 @@ def test_python_fallback_stores_the_same_columns(tmp_path: Path) -> None:
     rows = []
     for use_sqlite in (True, False):
         db = tmp_path / f"{use_sqlite}.db"
-        c = Collector(db, faults=Faults(reject_event="poison"))
-        assert isinstance(c._reader, _JsonReader)
-        c._reader.sqlite = use_sqlite
+        c = Collector(store=SqliteStore(db, json_functions=use_sqlite), faults=Faults(reject_event="poison"))
         with c, httpx.Client(base_url=c.url, timeout=5) as http:
             for fmt in PATHS:
                 assert post(http, fmt, make_events(fmt, 3)).status_code == 200
@@ -237,7 +245,7 @@ def test_health_answers_ok(collector: Collector, http: httpx.Client) -> None:
 def test_wrong_or_missing_key_gets_401(store: str, fmt: str, key: str | None) -> None:
     """Each format's auth is checked, in both stores: a wrong or missing key gets 401 with a
     reason and nothing is stored, not even an id; the right key is then accepted."""
-    collector = Collector(write_key=KEY, store=store).start()
+    collector = Collector(write_key=KEY, store=make_store(store)).start()
     try:
         with httpx.Client(base_url=collector.url, timeout=5) as http:
             response = post(http, fmt, make_events(fmt, 2), key=key)
@@ -550,13 +558,18 @@ def test_max_records_keeps_the_latest_requests() -> None:
     assert c.totals()["requests"] == 3
 
 
-# -- the lean store (store="ids") ----------------------------------------------
+# -- a store of its own: the benchmarks' lean store ---------------------------
+
+
+def make_store(kind: str, db: Path | None = None) -> Any:
+    """The collector's store: SQLite (in ``db``, or in memory) or the lean IdStore."""
+    return IdStore() if kind == "ids" else SqliteStore(":memory:" if db is None else db)
 
 
 @pytest.fixture
 def lean() -> Iterator[Collector]:
-    """A started collector with store="ids" that checks the write key."""
-    c = Collector(write_key=KEY, store="ids").start()
+    """A started collector with the lean store that checks the write key."""
+    c = Collector(write_key=KEY, store=IdStore()).start()
     try:
         yield c
     finally:
@@ -566,9 +579,8 @@ def lean() -> Iterator[Collector]:
 @pytest.mark.parametrize("use_gzip", [False, True], ids=["plain", "gzip"])
 @pytest.mark.parametrize("fmt", ["segment", "posthog", "json"])
 def test_ids_store_records_ids_and_counts_per_format(tmp_path: Path, fmt: str, use_gzip: bool) -> None:
-    """store="ids": 200 for each format, the ids kept in arrival order, a count per request, no database file."""
-    db = tmp_path / "never.db"
-    c = Collector(db, write_key=KEY, store="ids")
+    """The lean store: 200 for each format, the ids kept in arrival order, a count per request, no file."""
+    c = Collector(write_key=KEY, store=IdStore())
     with c, httpx.Client(base_url=c.url, timeout=5) as http:
         for start in (0, 25):
             events = make_events(fmt, 25)
@@ -579,10 +591,10 @@ def test_ids_store_records_ids_and_counts_per_format(tmp_path: Path, fmt: str, u
     c.close()
     prefix = "ph" if fmt == "posthog" else "seg"
     assert c.message_ids() == [f"{prefix}-{i}-{start}" for start in (0, 25) for i in range(25)]
-    assert c.count() == 50 and c.store == "ids"
+    assert c.count() == 50 and isinstance(c.store, IdStore)
     assert c.totals() == {"events": 50, "requests": 2, "errors": {}, "unanswered": 0}
     assert [(r.status, r.events, r.gzip, r.format) for r in c.requests()] == [(200, 25, use_gzip, fmt)] * 2
-    assert not db.exists()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_ids_store_keeps_ids_as_the_sqlite_store_does(tmp_path: Path) -> None:
@@ -591,7 +603,7 @@ def test_ids_store_keeps_ids_as_the_sqlite_store_does(tmp_path: Path) -> None:
                [segment_event(1), {"type": "track", "event": "no id"}, {**segment_event(2), "messageId": 7}]]
     found = {}
     for store in ("sqlite", "ids"):
-        with Collector(tmp_path / f"{store}.db", store=store) as c, \
+        with Collector(store=make_store(store, tmp_path / f"{store}.db")) as c, \
                 httpx.Client(base_url=c.url, timeout=5) as http:
             for batch in batches:
                 assert post(http, "segment", batch).status_code == 200
@@ -606,7 +618,7 @@ def test_ids_store_refuses_bad_requests_as_the_sqlite_store_does(tmp_path: Path,
     method, path, content, headers, status, reason = BAD_REQUESTS[case]
     answers = {}
     for store in ("sqlite", "ids"):
-        with Collector(tmp_path / f"{store}.db", store=store) as c, \
+        with Collector(store=make_store(store, tmp_path / f"{store}.db")) as c, \
                 httpx.Client(base_url=c.url, timeout=5) as http:
             response = http.request(method, path, content=content, headers=headers)
             answers[store] = (response.status_code, response.json())
@@ -619,14 +631,14 @@ def test_ids_store_refuses_bad_requests_as_the_sqlite_store_does(tmp_path: Path,
 
 
 def test_ids_store_events_raises_a_clear_error(lean: Collector) -> None:
-    """events() needs the SQLite store; with store="ids" it raises RuntimeError saying so."""
-    with pytest.raises(RuntimeError, match="store='ids'"):
+    """events() needs the SQLite store; with the lean store it raises RuntimeError saying so."""
+    with pytest.raises(RuntimeError, match="SQLite store"):
         lean.events()
 
 
 def test_ids_store_reads_what_orjson_refuses() -> None:
-    """NaN and a lone surrogate, which the json module reads, are accepted by store="ids" too."""
-    c = Collector(store="ids").start()
+    """NaN and a lone surrogate, which the json module reads, are accepted by the lean store too."""
+    c = Collector(store=IdStore()).start()
     try:
         with httpx.Client(base_url=c.url, timeout=5) as http:
             body = '{"batch": [{"messageId": "a", "x": NaN}, {"messageId": "b", "s": "\\ud800"}]}'
@@ -638,10 +650,8 @@ def test_ids_store_reads_what_orjson_refuses() -> None:
 
 def test_ids_store_works_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without orjson the json module parses: the same answers and ids."""
-    import mpsender._collector._store as module  # the store holds the parser
-
-    monkeypatch.setattr(module, "_orjson", None)
-    c = Collector(write_key=KEY, store="ids").start()
+    monkeypatch.setattr(lean_store, "_orjson", None)  # the store holds the parser
+    c = Collector(write_key=KEY, store=IdStore()).start()
     try:
         with httpx.Client(base_url=c.url, timeout=5) as http:
             assert post(http, "posthog", make_events("posthog", 3)).status_code == 200
@@ -652,7 +662,7 @@ def test_ids_store_works_without_orjson(monkeypatch: pytest.MonkeyPatch) -> None
 
 
 def test_ids_store_applies_the_faults(lean: Collector) -> None:
-    """fail_first and reject_event act in store="ids" as in the SQLite store."""
+    """fail_first and reject_event act with the lean store as with the SQLite store."""
     lean.set_faults(Faults(fail_first=1, reject_event="poison"))
     with httpx.Client(base_url=lean.url, timeout=5) as http:
         assert post(http, "segment", make_events("segment", 1)).status_code == 503
@@ -672,10 +682,13 @@ def test_ids_store_wait_for_and_restart(lean: Collector) -> None:
     assert lean.count() == 6 and len(lean.message_ids()) == 6
 
 
-def test_unknown_store_is_refused() -> None:
-    """store must be "sqlite" or "ids"."""
-    with pytest.raises(ValueError, match="store"):
-        Collector(store="redis")
+def test_a_store_name_or_two_stores_are_refused(tmp_path: Path) -> None:
+    """store takes a store object, not a name; a db_path beside it is refused, not ignored."""
+    with pytest.raises(TypeError, match="store object"):
+        Collector(store="ids")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="not both"):
+        Collector(tmp_path / "x.db", store=IdStore())
+    assert list(tmp_path.iterdir()) == []
 
 
 # --- gunzip: the same answers with or without ISA-L ----------------------------------
