@@ -8,6 +8,7 @@ never argv or the environment.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import select
@@ -27,24 +28,60 @@ __all__ = ["find_python", "spawn_sender"]
 
 
 def find_python(options: Options) -> str:
-    """The interpreter to run the sender with.
-
-    Under uWSGI and some embedders ``sys.executable`` is the server binary, not Python.
-    """
+    """The interpreter to run the sender with: the ``python`` option, else the Python
+    whose packages this process imports (see ``choose_python``)."""
     if options.python:
         return options.python
-    candidates = [sys.executable, getattr(sys, "_base_executable", "")]
+    found = choose_python(
+        executable=sys.executable, prefix=sys.prefix, base_prefix=sys.base_prefix,
+        exec_prefix=sys.exec_prefix, base_executable=getattr(sys, "_base_executable", ""),
+        version=sys.version_info[:2],
+    )
+    if found is None:
+        raise FileNotFoundError(errno.ENOENT, "no Python interpreter found for the sender; set the 'python' "
+                                              "option or MPSENDER_PYTHON")
+    return found
+
+
+def choose_python(*, executable: str, prefix: str, base_prefix: str, exec_prefix: str,
+                  base_executable: str, version: tuple[int, int]) -> str | None:
+    """The first of these that is an executable Python:
+
+    1. ``sys.executable``, when it is Python. Under uWSGI (and other embedders) it is the
+       server's own binary, which would not run ``-m mpsender._sender``.
+    2. In a virtualenv (``prefix != base_prefix``), its own ``bin/python``: the sender
+       needs the packages installed there (msgpack, httpx, psutil). NOT
+       ``sys._base_executable``: under uWSGI in a virtualenv that is the base
+       installation's Python, which lacks them (issue 14: the sender died on
+       ``No module named 'msgpack'``, unseen).
+    3. The installation's ``bin/python`` (``exec_prefix``), then ``_base_executable``
+       outside a virtualenv.
+    4. ``pythonX.Y`` / ``python3`` on PATH, and last the base installation's Python (a
+       virtualenv with system site packages may work with it; if not, the failure is
+       reported loudly by ``spawn_sender``).
+    """
+    names = [f"python{version[0]}.{version[1]}", f"python{version[0]}", "python"]
+    in_venv = os.path.realpath(prefix) != os.path.realpath(base_prefix)
+    candidates: list[str] = []
+    if _named_python(executable):
+        candidates.append(executable)
+    for root in dict.fromkeys([prefix, exec_prefix]):
+        candidates += [os.path.join(root, "bin", name) for name in names]
+    if not in_venv and _named_python(base_executable):
+        candidates.append(base_executable)
+    candidates += [found for name in names[:2] if (found := shutil.which(name))]
+    if _named_python(base_executable):
+        candidates.append(base_executable)
     for exe in candidates:
-        if exe and os.path.basename(exe).startswith("python") and os.access(exe, os.X_OK):
+        if os.path.isfile(exe) and os.access(exe, os.X_OK):
             return exe
-    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    for name in (os.path.join(sys.exec_prefix, "bin", version), os.path.join(sys.exec_prefix, "bin", "python3")):
-        if os.access(name, os.X_OK):
-            return name
-    found = shutil.which(version) or shutil.which("python3")
-    if found:
-        return found
-    raise FileNotFoundError("no Python interpreter found for the sender; set the 'python' option")
+    return None
+
+
+def _named_python(path: str) -> bool:
+    """Is this the path of a Python interpreter (python, python3, python3.11), not of a
+    server that embeds one (uwsgi, httpd)?"""
+    return bool(path) and os.path.basename(path).startswith("python")
 
 
 def _package_root() -> str:
