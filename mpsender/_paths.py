@@ -17,7 +17,11 @@ from pathlib import Path
 from ._exceptions import ConfigurationError
 from ._options import Options
 
-__all__ = ["Paths", "destination_id", "ensure_private_dir", "paths_for"]
+__all__ = ["START_FAILURE", "Paths", "destination_id", "ensure_private_dir", "paths_for"]
+
+#: the file that records a sender's failed start (written by _start_failure, deleted by
+#: the next sender that listens, read by ``mpsender status``)
+START_FAILURE = "start-failure.json"
 
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 107
@@ -52,6 +56,7 @@ class Paths:
     log: Path         # the sender's log
     info: Path        # the sender's pid, start time and destination (no key)
     client_config: Path  # options for spawned children that never call init() (0600)
+    start_failure: Path  # the last failed start of a sender (mpsender status shows it)
     spool: Path       # write-ahead files of the application processes (0700)
 
     def ensure(self) -> None:
@@ -67,7 +72,7 @@ def paths_for(options: Options) -> Paths:
     p = Paths(
         base=base, dest=dest, socket=dest / "sender.sock", lock=dest / "sender.lock",
         doorbell=dest / "doorbell", log=dest / "sender.log", info=dest / "sender.json",
-        client_config=dest / "client.msgpack", spool=spool,
+        client_config=dest / "client.msgpack", start_failure=dest / START_FAILURE, spool=spool,
     )
     if len(os.fsencode(p.socket)) > _MAX_SOCKET_PATH:
         raise ConfigurationError(

@@ -19,8 +19,10 @@ import time
 
 import msgpack
 
+from . import _start_failure
 from ._options import Options
 from ._paths import Paths
+from ._start_failure import StartFailure
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,10 @@ def spawn_sender(options: Options, paths: Paths, lock_fd: int, *, wait: float) -
     """Start the sender holding ``lock_fd``'s lock; with ``wait`` > 0, wait until it listens.
 
     Returns True when the sender said it is listening (or when not waiting and it started).
+    A sender that cannot start (an interpreter that cannot run it or import its
+    dependencies, an error at start) is reported by ``_start_failure``: on stderr, with
+    its own output and the fix, and for ``mpsender status``. Without a wait, the launcher's
+    exit status is looked at by ``reap()``, from the next ``track()``.
     """
     config = msgpack.packb(
         {
@@ -109,10 +115,13 @@ def spawn_sender(options: Options, paths: Paths, lock_fd: int, *, wait: float) -
             del env[name]  # the sender's options come through the pipe, complete
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [_package_root(), env.get("PYTHONPATH", "")]))
     env.pop("PYTHONSTARTUP", None)
+    python = options.python or "python"
     log = os.open(paths.log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
+        offset = os.fstat(log).st_size  # this start's output begins here
+        python = find_python(options)
         proc = subprocess.Popen(
-            [find_python(options), "-m", "mpsender._sender", str(paths.dest)],
+            [python, "-m", "mpsender._sender", str(paths.dest)],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE if wait > 0 else subprocess.DEVNULL,
             stderr=log,
@@ -122,17 +131,24 @@ def spawn_sender(options: Options, paths: Paths, lock_fd: int, *, wait: float) -
             env=env,
             cwd="/",
         )
+    except OSError as exc:
+        _start_failure.report(paths, StartFailure(
+            at=time.time(), pid=os.getpid(), python=python, output="",
+            reason=f"cannot be executed: {exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")))
+        raise
     finally:
         os.close(log)
+    launch = _Launch(proc, paths, python, offset)
     assert proc.stdin is not None
     try:
         proc.stdin.write(config)
         proc.stdin.close()
     except OSError:
-        logger.warning("the sender exited before it read its configuration; see %s", paths.log)
+        launch.failed("exited before it read its configuration")
+        _reap_later.append(launch)
         return False
     if wait <= 0:
-        _reap_later.append(proc)
+        _reap_later.append(launch)
         return True
     assert proc.stdout is not None
     deadline = time.monotonic() + wait
@@ -141,26 +157,67 @@ def spawn_sender(options: Options, paths: Paths, lock_fd: int, *, wait: float) -
         while b"\n" not in ready:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                # still starting, perhaps (a loaded machine): not reported as a failure
                 logger.warning("the sender did not listen within %.1fs; see %s", wait, paths.log)
                 return False
             readable, _, _ = select.select([proc.stdout], [], [], remaining)
             if readable:
                 chunk = os.read(proc.stdout.fileno(), 64)
                 if not chunk:
-                    logger.warning("the sender exited at start; see %s", paths.log)
+                    launch.failed("exited at start")
                     return False
                 ready += chunk
         return ready.startswith(b"ready")
     finally:
         proc.stdout.close()
-        _reap_later.append(proc)
+        _reap_later.append(launch)
         reap()
 
 
+class _Launch:
+    """A launcher (the Popen child, which forks the real sender and exits at once) and
+    what is needed to report its failure."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], paths: Paths, python: str, offset: int) -> None:
+        self.proc = proc
+        self.paths = paths
+        self.python = python
+        self.offset = offset
+        self.reported = False
+
+    def failed(self, what: str) -> None:
+        """Report this start as failed, with the launcher's exit status when it has one."""
+        if self.reported:
+            return
+        self.reported = True
+        try:
+            code = self.proc.wait(EXIT_WAIT)  # its stderr is complete once it has exited
+        except subprocess.TimeoutExpired:
+            code = None
+        if code is not None and code != 0:
+            what = f"exited with status {code}" if code > 0 else f"was killed by signal {-code}"
+        _start_failure.report(self.paths, StartFailure(
+            at=time.time(), pid=os.getpid(), python=self.python, reason=what,
+            output=_start_failure.tail(self.paths.log, self.offset)))
+
+    def done(self) -> bool:
+        """Reaped (a launcher that failed is reported once); False while it runs."""
+        code = self.proc.poll()
+        if code is None:
+            return False
+        if code != 0:
+            self.failed("")
+        return True
+
+
+#: how long a failed launcher is waited for, so that its error output is complete
+EXIT_WAIT = 1.0
+
 # The Popen child is a short-lived launcher that forks the real sender and exits; it is
-# reaped here (at the next spawn or check) so it does not linger as a zombie.
-_reap_later: list[subprocess.Popen[bytes]] = []
+# reaped here (at the next spawn or check) so it does not linger as a zombie, and a
+# launcher that exited with an error (a start without a wait) is reported then.
+_reap_later: list[_Launch] = []
 
 
 def reap() -> None:
-    _reap_later[:] = [p for p in _reap_later if p.poll() is None]
+    _reap_later[:] = [launch for launch in _reap_later if not launch.done()]
