@@ -59,11 +59,20 @@ def live_sender_pids(runtime_dir: str | os.PathLike[str]) -> set[int]:
         if not cmd:
             # Exiting: the kernel drops a process's memory, and with it its command line,
             # before it closes its files, so this one may still hold its sender.lock. It
-            # cannot be told apart by its arguments any more: count it until it is a zombie.
-            pids.add(proc.info["pid"])
+            # cannot be told apart by its arguments any more, but by its open files: count
+            # it while it holds one under root (not a sender of another test run's).
+            if _holds_file_under(proc, root):
+                pids.add(proc.info["pid"])
         elif "mpsender._sender" in cmd and any(arg.startswith(root) for arg in cmd):
             pids.add(proc.info["pid"])
     return pids
+
+
+def _holds_file_under(proc: psutil.Process, root: str) -> bool:
+    try:
+        return any(f.path.startswith(root.rstrip("/") + "/") for f in proc.open_files())
+    except psutil.Error:
+        return False  # gone, or its files are closed already: it holds no lock
 
 
 def kill_senders(runtime_dir: str | os.PathLike[str], timeout: float = 5.0) -> None:
@@ -128,6 +137,8 @@ class ServerProcess:
     in a log file; ``kill()`` ends its whole process group. Subclasses say when it is ready."""
 
     name = "server"
+    #: what ``stop()`` sends for a graceful stop (uWSGI 2.0 takes TERM as a reload)
+    stop_signal = signal.SIGTERM
 
     def __init__(self, cmd: list[str], env: Mapping[str, str], cwd: Path, log: Path) -> None:
         self.cmd = cmd
@@ -159,10 +170,10 @@ class ServerProcess:
         return self.proc.pid
 
     def stop(self, timeout: float = 30.0) -> int:
-        """Graceful stop (TERM); the exit code."""
+        """Graceful stop (``stop_signal``); the exit code."""
         assert self.proc is not None
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
+            os.kill(self.proc.pid, self.stop_signal)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -198,11 +209,16 @@ class Load:
     """GET /page?id=N for every id from ``concurrency`` client threads, in the background.
 
     ``interval`` paces each thread so that a load spans the event a test makes happen
-    (a reload, a timeout); ``stop()`` ends an open-ended load early.
+    (a reload, a timeout); ``stop()`` ends an open-ended load early. Without
+    ``keepalive`` each request asks for its connection to be closed: uWSGI's http-socket
+    closes it after every response without saying so, and a client that reuses it races
+    the close (a reset, a request that never got an answer).
     """
 
-    def __init__(self, url: str, ids: Iterable[int], *, concurrency: int = 8, interval: float = 0.0) -> None:
+    def __init__(self, url: str, ids: Iterable[int], *, concurrency: int = 8, interval: float = 0.0,
+                 keepalive: bool = True) -> None:
         self.url = url
+        self._headers = {} if keepalive else {"Connection": "close"}
         self.results: dict[int, int | None] = {}
         self._ids = iter(ids)
         self._interval = interval
@@ -225,7 +241,7 @@ class Load:
             return next(self._ids, None)
 
     def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30.0) as client:
+        with httpx.Client(base_url=self.url, timeout=30.0, headers=self._headers) as client:
             while (i := self._next()) is not None:
                 try:
                     status: int | None = client.get(
@@ -260,8 +276,8 @@ class Load:
 
 
 def run_load(url: str, ids: Iterable[int], *, concurrency: int = 8, interval: float = 0.0,
-             during: Callable[[Load], None] | None = None) -> Load:
-    load = Load(url, ids, concurrency=concurrency, interval=interval).start()
+             during: Callable[[Load], None] | None = None, keepalive: bool = True) -> Load:
+    load = Load(url, ids, concurrency=concurrency, interval=interval, keepalive=keepalive).start()
     if during is not None:
         try:
             during(load)
