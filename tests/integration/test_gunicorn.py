@@ -246,6 +246,7 @@ def test_a_sigkilled_worker_mid_load_loses_no_answered_event(
 
 
 HANG_APP = '''"""The example app plus /hang, which tracks then hangs until gunicorn's --timeout kills it."""
+import time
 
 import mpsender
 from app import app as example
