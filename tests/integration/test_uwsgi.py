@@ -128,6 +128,9 @@ CONFIGURATIONS = {
     "defaults": [],
     "lazy-apps": ["--lazy-apps"],
     "enable-threads": ["--enable-threads"],
+    "threads": ["--threads", "4"],  # 4 request threads per worker, tracking concurrently
+    # workers then run Python's at-fork handlers (mpsender's own), which uWSGI skips by default
+    "py-call-uwsgi-fork-hooks": ["--py-call-uwsgi-fork-hooks"],
 }
 
 
@@ -136,8 +139,9 @@ def test_every_request_gives_one_event_through_one_sender(
         settings: str, tmp_path: Path, collector: Collector, runtime_dir: str, env: dict[str, str],
         servers: list[Uwsgi]) -> None:
     """N requests give exactly N events, each once, through one sender started with this
-    virtualenv's Python: with uWSGI's defaults (app loaded in the master, no threads),
-    with lazy-apps (each worker loads it) and with enable-threads."""
+    virtualenv's Python: with uWSGI's defaults (app loaded in the master, no threads, no
+    at-fork handlers in the workers), lazy-apps (each worker loads it), enable-threads,
+    4 threads per worker, and the at-fork handlers run."""
     server = start(servers, Uwsgi(tmp_path, env, CONFIGURATIONS[settings]))
     with SenderWatch(runtime_dir) as watch:
         load = run_load(server.url, range(N), keepalive=False)
