@@ -22,8 +22,13 @@ from ._options import Options
 
 logger = logging.getLogger(__name__)
 
+#: the file that records a sender's failed start (written by _start_failure, deleted by
+#: the next sender that listens, read by ``mpsender status``)
+START_FAILURE = "start-failure.json"
+
 __all__ = [
     "MAX_SOCKET_PATH",
+    "START_FAILURE",
     "Paths",
     "destination_id",
     "ensure_private_dir",
@@ -146,6 +151,7 @@ class Paths:
     log: Path         # the sender's log
     info: Path        # the sender's pid, start time and destination (no key)
     client_config: Path  # options for spawned children that never call init() (0600)
+    start_failure: Path  # the last failed start of a sender (mpsender status shows it)
     spool: Path       # write-ahead files of the application processes (0700)
 
     def ensure(self) -> None:
@@ -163,7 +169,7 @@ def paths_for(options: Options, *, base: str | None = None) -> Paths:
     return Paths(
         base=root, dest=dest, socket=dest / "sender.sock", lock=dest / "sender.lock",
         doorbell=dest / "doorbell", log=dest / "sender.log", info=dest / "sender.json",
-        client_config=dest / "client.msgpack", spool=spool,
+        client_config=dest / "client.msgpack", start_failure=dest / START_FAILURE, spool=spool,
     )
 
 

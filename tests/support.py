@@ -1,19 +1,25 @@
 """Helpers shared by the test suite: waiting without sleeping blindly, finding and
-ending the senders a test started, running an application as a real subprocess."""
+ending the senders a test started, running an application as a real subprocess, and
+putting a real server (gunicorn, uWSGI) under load and counting its events."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
+import httpx
 import psutil
+
+from mpsender._collector import Collector
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -53,11 +59,20 @@ def live_sender_pids(runtime_dir: str | os.PathLike[str]) -> set[int]:
         if not cmd:
             # Exiting: the kernel drops a process's memory, and with it its command line,
             # before it closes its files, so this one may still hold its sender.lock. It
-            # cannot be told apart by its arguments any more: count it until it is a zombie.
-            pids.add(proc.info["pid"])
+            # cannot be told apart by its arguments any more, but by its open files: count
+            # it while it holds one under root (not a sender of another test run's).
+            if _holds_file_under(proc, root):
+                pids.add(proc.info["pid"])
         elif "mpsender._sender" in cmd and any(arg.startswith(root) for arg in cmd):
             pids.add(proc.info["pid"])
     return pids
+
+
+def _holds_file_under(proc: psutil.Process, root: str) -> bool:
+    try:
+        return any(f.path.startswith(root.rstrip("/") + "/") for f in proc.open_files())
+    except psutil.Error:
+        return False  # gone, or its files are closed already: it holds no lock
 
 
 def kill_senders(runtime_dir: str | os.PathLike[str], timeout: float = 5.0) -> None:
@@ -122,6 +137,8 @@ class ServerProcess:
     in a log file; ``kill()`` ends its whole process group. Subclasses say when it is ready."""
 
     name = "server"
+    #: what ``stop()`` sends for a graceful stop (uWSGI 2.0 takes TERM as a reload)
+    stop_signal = signal.SIGTERM
 
     def __init__(self, cmd: list[str], env: Mapping[str, str], cwd: Path, log: Path) -> None:
         self.cmd = cmd
@@ -153,10 +170,10 @@ class ServerProcess:
         return self.proc.pid
 
     def stop(self, timeout: float = 30.0) -> int:
-        """Graceful stop (TERM); the exit code."""
+        """Graceful stop (``stop_signal``); the exit code."""
         assert self.proc is not None
         if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
+            os.kill(self.proc.pid, self.stop_signal)
         try:
             return self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -176,3 +193,157 @@ class ServerProcess:
             return f"{self.name} output:\n" + self.log.read_text(errors="replace")[-20000:]
         except OSError as exc:
             return f"(no {self.name} output: {exc})"
+
+
+# --- servers under load ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Load:
+    """GET /page?id=N for every id from ``concurrency`` client threads, in the background.
+
+    ``interval`` paces each thread so that a load spans the event a test makes happen
+    (a reload, a timeout); ``stop()`` ends an open-ended load early. Without
+    ``keepalive`` each request asks for its connection to be closed: uWSGI's http-socket
+    closes it after every response without saying so, and a client that reuses it races
+    the close (a reset, a request that never got an answer).
+    """
+
+    def __init__(self, url: str, ids: Iterable[int], *, concurrency: int = 8, interval: float = 0.0,
+                 keepalive: bool = True) -> None:
+        self.url = url
+        self._headers = {} if keepalive else {"Connection": "close"}
+        self.results: dict[int, int | None] = {}
+        self._ids = iter(ids)
+        self._interval = interval
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(concurrency)]
+
+    def start(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopped.set()
+
+    def _next(self) -> int | None:
+        if self._stopped.is_set():
+            return None
+        with self._lock:
+            return next(self._ids, None)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30.0, headers=self._headers) as client:
+            while (i := self._next()) is not None:
+                try:
+                    status: int | None = client.get(
+                        "/page", params={"id": str(i), "visitor": f"v{i % 9}"}).status_code
+                except httpx.HTTPError:
+                    status = None  # refused, reset: the request may or may not have been tracked
+                with self._lock:
+                    self.results[i] = status
+                if self._interval:
+                    self._stopped.wait(self._interval)  # pacing, not waiting for something
+
+    @property
+    def done(self) -> int:
+        with self._lock:
+            return len(self.results)
+
+    def wait_done(self, n: int, timeout: float = 60.0) -> None:
+        assert wait_for(lambda: self.done >= n, timeout), f"only {self.done} requests done"
+
+    def join(self, timeout: float = 120.0) -> dict[int, int | None]:
+        deadline = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in self._threads), "the load did not finish"
+        return dict(self.results)
+
+    def sent(self) -> set[int]:
+        return set(self.results)
+
+    def ok(self) -> set[int]:
+        return {i for i, status in self.results.items() if status == 200}
+
+
+def run_load(url: str, ids: Iterable[int], *, concurrency: int = 8, interval: float = 0.0,
+             during: Callable[[Load], None] | None = None, keepalive: bool = True) -> Load:
+    load = Load(url, ids, concurrency=concurrency, interval=interval, keepalive=keepalive).start()
+    if during is not None:
+        try:
+            during(load)
+        except BaseException:
+            load.stop()
+            load.join()
+            raise
+    load.join()
+    return load
+
+
+def assert_delivered(collector: Collector, sent: set[int] | set[str], ok: set[int] | set[str], server: ServerProcess,
+                     *, exact: bool, timeout: float = 30.0) -> None:
+    """Every request answered 200 has its event at the collector, once; nothing else came.
+
+    With ``exact``, every request sent was answered and counts; otherwise a request that
+    failed (its worker was killed) may or may not have an event.
+    """
+    def request_ids() -> dict[str, set[str]]:
+        by_request: dict[str, set[str]] = {}
+        for e in collector.events():
+            by_request.setdefault(str(e["properties"].get("request_id")), set()).add(e["messageId"])
+        return by_request
+
+    wanted = {str(i) for i in ok}
+    arrived = collector.wait_for(lambda c: wanted <= set(request_ids()), timeout)
+    by_request = request_ids()
+    missing = sorted(wanted - set(by_request), key=lambda r: (len(r), r))
+    assert arrived and not missing, f"{len(missing)} answered requests have no event: {missing[:20]}\n{server.output()}"
+    unexpected = set(by_request) - {str(i) for i in sent}
+    assert not unexpected, f"events for requests never sent: {sorted(unexpected)[:20]}"
+    doubled = {r: ids for r, ids in by_request.items() if len(ids) != 1}
+    assert not doubled, f"requests tracked more than once: {doubled}"
+    unique = set(collector.message_ids())
+    assert len(unique) == len(by_request)
+    if exact:
+        assert ok == sent, f"{len(sent - ok)} requests failed\n{server.output()}"
+        assert len(unique) == len(sent)
+
+
+def one_sender(runtime_dir: str) -> int:
+    pids = live_sender_pids(runtime_dir)
+    assert len(pids) == 1, f"senders: {pids}"
+    infos = sender_infos(runtime_dir)
+    assert [i["pid"] for i in infos] == list(pids), infos
+    return next(iter(pids))
+
+
+class SenderWatch:
+    """Samples the live sender pids while a load runs: the union must be ONE pid."""
+
+    def __init__(self, runtime_dir: str) -> None:
+        self.runtime_dir = runtime_dir
+        self.seen: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> SenderWatch:
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            self.seen |= live_sender_pids(self.runtime_dir)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+        self.seen |= live_sender_pids(self.runtime_dir)

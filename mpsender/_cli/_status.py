@@ -10,6 +10,9 @@ from typing import Any
 
 import psutil
 
+from .. import _start_failure
+from .._paths import START_FAILURE
+from .._start_failure import StartFailure
 from . import _common as c
 from ._runtime import ControlError, Destination, destinations, sender_stats
 from ._spoolfiles import pending_events, wal_files
@@ -46,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(reports, indent=2))
         else:
             render(reports, sys.stdout)
-        if not reports:
+        if not any(r["running"] for r in reports):
             raise c.CliError(no_sender_message(root))
         return c.EXIT_OK
     tty = sys.stdout.isatty()
@@ -60,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
                     sys.stdout.write("\x1b[H\x1b[2J")
                 sys.stdout.write(f"{time.strftime('%H:%M:%S')}  mpsender status --watch (Ctrl-C to stop)\n")
                 render(reports, sys.stdout)
-                if not reports:
+                if not any(r["running"] for r in reports):
                     sys.stdout.write(no_sender_message(root) + "\n")
                 if not tty:
                     sys.stdout.write("\n")
@@ -86,7 +89,9 @@ def no_sender_message(root: str) -> str:
 
 
 def collect(root: str, timeout: float) -> list[dict[str, Any]]:
-    live = [d for d in destinations(root) if d.running]
+    """A report per live sender, then one per destination whose sender failed to start."""
+    found = destinations(root)
+    live = [d for d in found if d.running]
     for d in live:
         try:
             assert d.process is not None
@@ -102,7 +107,18 @@ def collect(root: str, timeout: float) -> list[dict[str, Any]]:
             answers[d.id] = str(exc)
     if live and time.monotonic() - started < 0.1:
         time.sleep(0.1 - (time.monotonic() - started))  # a CPU sample needs some time to mean anything
-    return [report(d, answers[d.id]) for d in live]
+    failed = [failed_report(d, f) for d in found if not d.running and (f := start_failure(d)) is not None]
+    return [report(d, answers[d.id]) for d in live] + failed
+
+
+def start_failure(d: Destination) -> StartFailure | None:
+    return _start_failure.read(d.dir / START_FAILURE)
+
+
+def failed_report(d: Destination, failure: StartFailure) -> dict[str, Any]:
+    """No sender runs for ``d`` and the last start failed: say why and what to do."""
+    return {"id": d.id, "dir": str(d.dir), "pid": None, "destination": d.label, "running": False,
+            "start_failure": failure.to_json(), "fix": _start_failure.FIX}
 
 
 def report(d: Destination, answer: dict[str, Any] | str) -> dict[str, Any]:
@@ -110,7 +126,7 @@ def report(d: Destination, answer: dict[str, Any] | str) -> dict[str, Any]:
     assert proc is not None
     info = d.info or {}
     out: dict[str, Any] = {
-        "id": d.id, "dir": str(d.dir), "pid": proc.pid, "destination": d.label,
+        "id": d.id, "dir": str(d.dir), "pid": proc.pid, "destination": d.label, "running": True,
         "format": info.get("format"), "version": info.get("version"),
         "spool": str(d.spool), "started_at": info.get("started_at"),
     }
@@ -158,6 +174,9 @@ def _undelivered(d: Destination, pending_bytes: Any) -> int | None:
 
 def render(reports: list[dict[str, Any]], out: Any) -> None:
     for r in reports:
+        if not r["running"]:
+            render_failure(r, out)
+            continue
         out.write(f"sender {r['pid']}  {r['destination']}\n")
         parts = []
         if "uptime" in r:
@@ -194,3 +213,13 @@ def render(reports: list[dict[str, Any]], out: Any) -> None:
             if r["incidents"]:
                 out.write(f"  incidents {c.dropped(r['incidents'])} (nothing lost)\n")
         out.write("\n")
+
+
+def render_failure(r: dict[str, Any], out: Any) -> None:
+    f = r["start_failure"]
+    out.write(f"no sender  {r['destination']}  ({r['dir']})\n")
+    out.write(f"  start failed {c.duration(max(0.0, time.time() - f['at']))} ago: {f['python']} -m "
+              f"mpsender._sender {f['reason']} (started by pid {f['pid']})\n")
+    for line in (f["output"] or "").splitlines()[-3:]:
+        out.write(f"    {line}\n")
+    out.write(f"  fix       {r['fix']}\n\n")

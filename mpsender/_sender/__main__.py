@@ -18,7 +18,9 @@ import sys
 
 import msgpack
 
+from .. import _start_failure
 from .._options import Options
+from .._paths import START_FAILURE
 
 
 def main() -> int:
@@ -54,6 +56,7 @@ def main() -> int:
         log.exception("the sender could not start")
         return 1
     log.info("sender %d listening on %s for %s", os.getpid(), server.socket_path, options.redacted_endpoint())
+    _start_failure.forget(os.path.join(dest, START_FAILURE))  # status shows this sender now
     try:
         os.write(1, b"ready\n")
     except OSError:

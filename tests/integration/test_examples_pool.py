@@ -41,10 +41,11 @@ def test_pool_example_delivers_every_item_once(method: str, collector: Collector
 
 def test_the_docs_snippets_are_the_examples_own_lines() -> None:
     """Every line of the code blocks in docs/integrations.md (the README's gunicorn, Celery and
-    multiprocessing sections) is still a line of a file in examples/."""
+    multiprocessing sections, and uWSGI's) is still a line of a file in examples/."""
     example_lines = {
         line.strip()
-        for path in (REPO / "examples").rglob("*.py")
+        for path in (REPO / "examples").rglob("*")
+        if path.suffix in (".py", ".ini")
         for line in path.read_text().splitlines()
     }
     doc = (REPO / "docs" / "integrations.md").read_text().splitlines()

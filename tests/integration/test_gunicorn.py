@@ -10,11 +10,9 @@ from __future__ import annotations
 import itertools
 import os
 import signal
-import socket
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -22,16 +20,22 @@ import psutil
 import pytest
 
 from mpsender._collector import Collector
-from support import REPO, ServerProcess, app_env, live_sender_pids, sender_infos, wait_for
+from support import (
+    REPO,
+    Load,
+    SenderWatch,
+    ServerProcess,
+    app_env,
+    assert_delivered,
+    free_port,
+    live_sender_pids,
+    one_sender,
+    run_load,
+    wait_for,
+)
 
 EXAMPLE = REPO / "examples" / "gunicorn_app"
 _names = itertools.count()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _control_socket_args() -> list[str]:
@@ -50,7 +54,7 @@ class Gunicorn(ServerProcess):
 
     def __init__(self, tmp_path: Path, env: dict[str, str], args: list[str], *,
                  conf: Path = EXAMPLE / "gunicorn.conf.py", app: str = "app:app") -> None:
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [
             sys.executable, "-m", "gunicorn", "-c", str(conf), "--chdir", str(EXAMPLE),
@@ -97,145 +101,6 @@ def servers() -> Iterator[list[Gunicorn]]:
 def env(collector: Collector, runtime_dir: str) -> dict[str, str]:
     """mpsender configured through MPSENDER_* for the servers: a fast sender, a 10 s linger."""
     return app_env(collector.url, runtime_dir, flush_interval=0.05, linger=10)
-
-
-class Load:
-    """GET /page?id=N for every id from ``concurrency`` client threads, in the background.
-
-    ``interval`` paces each thread so that a load spans the event a test makes happen
-    (a reload, a timeout); ``stop()`` ends an open-ended load early.
-    """
-
-    def __init__(self, url: str, ids: Iterable[int], *, concurrency: int = 8, interval: float = 0.0) -> None:
-        self.url = url
-        self.results: dict[int, int | None] = {}
-        self._ids = iter(ids)
-        self._interval = interval
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
-        self._threads = [threading.Thread(target=self._run, daemon=True) for _ in range(concurrency)]
-
-    def start(self) -> Load:
-        for t in self._threads:
-            t.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopped.set()
-
-    def _next(self) -> int | None:
-        if self._stopped.is_set():
-            return None
-        with self._lock:
-            return next(self._ids, None)
-
-    def _run(self) -> None:
-        with httpx.Client(base_url=self.url, timeout=30.0) as client:
-            while (i := self._next()) is not None:
-                try:
-                    status: int | None = client.get(
-                        "/page", params={"id": str(i), "visitor": f"v{i % 9}"}).status_code
-                except httpx.HTTPError:
-                    status = None  # refused, reset: the request may or may not have been tracked
-                with self._lock:
-                    self.results[i] = status
-                if self._interval:
-                    self._stopped.wait(self._interval)  # pacing, not waiting for something
-
-    @property
-    def done(self) -> int:
-        with self._lock:
-            return len(self.results)
-
-    def wait_done(self, n: int, timeout: float = 60.0) -> None:
-        assert wait_for(lambda: self.done >= n, timeout), f"only {self.done} requests done"
-
-    def join(self, timeout: float = 120.0) -> dict[int, int | None]:
-        deadline = time.monotonic() + timeout
-        for t in self._threads:
-            t.join(max(0.0, deadline - time.monotonic()))
-        assert not any(t.is_alive() for t in self._threads), "the load did not finish"
-        return dict(self.results)
-
-    def sent(self) -> set[int]:
-        return set(self.results)
-
-    def ok(self) -> set[int]:
-        return {i for i, status in self.results.items() if status == 200}
-
-
-def run_load(url: str, ids: Iterable[int], *, concurrency: int = 8, interval: float = 0.0,
-             during: Callable[[Load], None] | None = None) -> Load:
-    load = Load(url, ids, concurrency=concurrency, interval=interval).start()
-    if during is not None:
-        try:
-            during(load)
-        except BaseException:
-            load.stop()
-            load.join()
-            raise
-    load.join()
-    return load
-
-
-def assert_delivered(collector: Collector, sent: set[int] | set[str], ok: set[int] | set[str], server: Gunicorn,
-                     *, exact: bool, timeout: float = 30.0) -> None:
-    """Every request answered 200 has its event at the collector, once; nothing else came.
-
-    With ``exact``, every request sent was answered and counts; otherwise a request that
-    failed (its worker was killed) may or may not have an event.
-    """
-    def request_ids() -> dict[str, set[str]]:
-        by_request: dict[str, set[str]] = {}
-        for e in collector.events():
-            by_request.setdefault(str(e["properties"].get("request_id")), set()).add(e["messageId"])
-        return by_request
-
-    wanted = {str(i) for i in ok}
-    arrived = collector.wait_for(lambda c: wanted <= set(request_ids()), timeout)
-    by_request = request_ids()
-    missing = sorted(wanted - set(by_request), key=lambda r: (len(r), r))
-    assert arrived and not missing, f"{len(missing)} answered requests have no event: {missing[:20]}\n{server.output()}"
-    unexpected = set(by_request) - {str(i) for i in sent}
-    assert not unexpected, f"events for requests never sent: {sorted(unexpected)[:20]}"
-    doubled = {r: ids for r, ids in by_request.items() if len(ids) != 1}
-    assert not doubled, f"requests tracked more than once: {doubled}"
-    unique = set(collector.message_ids())
-    assert len(unique) == len(by_request)
-    if exact:
-        assert ok == sent, f"{len(sent - ok)} requests failed\n{server.output()}"
-        assert len(unique) == len(sent)
-
-
-def one_sender(runtime_dir: str) -> int:
-    pids = live_sender_pids(runtime_dir)
-    assert len(pids) == 1, f"senders: {pids}"
-    infos = sender_infos(runtime_dir)
-    assert [i["pid"] for i in infos] == list(pids), infos
-    return next(iter(pids))
-
-
-class SenderWatch:
-    """Samples the live sender pids while a load runs: the union must be ONE pid."""
-
-    def __init__(self, runtime_dir: str) -> None:
-        self.runtime_dir = runtime_dir
-        self.seen: set[int] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> SenderWatch:
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.05):
-            self.seen |= live_sender_pids(self.runtime_dir)
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
-        self.seen |= live_sender_pids(self.runtime_dir)
 
 
 # --- init() wired every way ------------------------------------------------------------
