@@ -118,7 +118,10 @@ class SenderLink:
             delay = min(delay * 2, 0.1)
             if self._try_connect():
                 return True
-            if self._try_spawn(deadline - time.monotonic()) and self._try_connect():
+            # another start only past the backoff: a sender that dies at start (a broken
+            # interpreter) must not be started again every few milliseconds
+            if time.time() >= self._next_spawn and self._try_spawn(deadline - time.monotonic()) \
+                    and self._try_connect():
                 return True
         return False
 

@@ -288,10 +288,12 @@ class Uploader(threading.Thread):
                 self._wake.clear()
 
     def _sleep(self, timeout: float) -> None:
-        """Idle: raise the doorbell so the next writer wakes us, then wait."""
+        """Idle: raise the doorbell so the next writer wakes us, then wait. A flush that
+        waits (``urgent``) is no reason to stay awake: with nothing to read, its batch is
+        with the poster, and a new flush request wakes us."""
         bell = self._bell
         bell[0] = 1
-        if self.spool.has_unread() or self.urgent or self._stopping.is_set():
+        if self.spool.has_unread() or self._stopping.is_set():
             bell[0] = 0
             return
         self._wake.wait(timeout)
