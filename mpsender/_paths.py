@@ -17,18 +17,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import _layout as layout
 from ._exceptions import ConfigurationError
 from ._options import Options
 
 logger = logging.getLogger(__name__)
 
-#: the file that records a sender's failed start (written by _start_failure, deleted by
-#: the next sender that listens, read by ``mpsender status``)
-START_FAILURE = "start-failure.json"
-
 __all__ = [
     "MAX_SOCKET_PATH",
-    "START_FAILURE",
     "Paths",
     "destination_id",
     "ensure_private_dir",
@@ -42,7 +38,7 @@ __all__ = [
 #: Linux, 104 on macOS and the BSDs)
 MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
 #: what a runtime directory's socket path adds to it: "/<destination id>/sender.sock"
-_SOCKET_TAIL = len("/0123456789abcdef/sender.sock")
+_SOCKET_TAIL = len("/0123456789abcdef/" + layout.SOCKET)
 
 _warned_fallback = False
 
@@ -165,11 +161,11 @@ def paths_for(options: Options, *, base: str | None = None) -> Paths:
     (default: ``options.runtime_dir`` as given, else the default place, unresolved)."""
     root = Path(base or options.runtime_dir or default_runtime_dir())
     dest = root / destination_id(options)
-    spool = Path(options.spool_dir) / destination_id(options) if options.spool_dir else dest / "spool"
+    spool = Path(options.spool_dir) / destination_id(options) if options.spool_dir else dest / layout.SPOOL
     return Paths(
-        base=root, dest=dest, socket=dest / "sender.sock", lock=dest / "sender.lock",
-        doorbell=dest / "doorbell", log=dest / "sender.log", info=dest / "sender.json",
-        client_config=dest / "client.msgpack", start_failure=dest / START_FAILURE, spool=spool,
+        base=root, dest=dest, socket=dest / layout.SOCKET, lock=dest / layout.LOCK,
+        doorbell=dest / layout.DOORBELL, log=dest / layout.LOG, info=dest / layout.INFO,
+        client_config=dest / layout.CLIENT_CONFIG, start_failure=dest / layout.START_FAILURE, spool=spool,
     )
 
 

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 
 from ._exceptions import ConfigurationError
+from ._layout import WAL_SUFFIX
 from ._paths import Paths
 from ._reentry import HandlerSafeLock
 
@@ -128,7 +129,7 @@ class WalWriter:
         return True
 
     def _new_name(self) -> str:
-        return f"{os.getpid()}-{self._tag}-{next(self._file_no)}.wal"
+        return f"{os.getpid()}-{self._tag}-{next(self._file_no)}{WAL_SUFFIX}"
 
     def _create(self, name: str, prepare: Callable[[int], object]) -> int:
         """Create spool file ``name`` through a hidden temporary name: the sender sees it

@@ -23,6 +23,7 @@ import psutil
 
 from .._options import Options
 from .._paths import paths_for
+from .. import _layout as layout
 from .. import _protocol
 from .._protocol import STATS, STOP
 from ._common import CliError
@@ -47,7 +48,7 @@ class Destination:
 
     @property
     def socket(self) -> Path:
-        return self.dir / "sender.sock"
+        return self.dir / layout.SOCKET
 
     @property
     def label(self) -> str:
@@ -59,7 +60,7 @@ class Destination:
 
     def options(self, *, quiet: bool = False) -> Options | None:
         """The options saved by init() in ``client.msgpack`` (0600; holds the write key)."""
-        path = self.dir / "client.msgpack"
+        path = self.dir / layout.CLIENT_CONFIG
         try:
             wire = msgpack.unpackb(path.read_bytes(), raw=False)
             opts = Options(**{k: v for k, v in wire.items() if k in _OPTION_NAMES})
@@ -79,7 +80,7 @@ class Destination:
         opts = self.options(quiet=True)
         if opts is not None:
             return paths_for(opts).spool
-        return self.dir / "spool"
+        return self.dir / layout.SPOOL
 
 
 def destinations(root: str) -> list[Destination]:
@@ -95,9 +96,9 @@ def destinations(root: str) -> list[Destination]:
         if not entry.is_dir(follow_symlinks=False):
             continue
         d = Path(entry.path)
-        if not ((d / "sender.lock").exists() or (d / "client.msgpack").exists() or (d / "spool").exists()):
+        if not ((d / layout.LOCK).exists() or (d / layout.CLIENT_CONFIG).exists() or (d / layout.SPOOL).exists()):
             continue  # not a destination directory
-        info = _read_info(d / "sender.json")
+        info = _read_info(d / layout.INFO)
         out.append(Destination(entry.name, d, info, _live_sender(d, info)))
     return out
 

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgpack
 
 from .. import _wire
 from .._client import Client
@@ -19,6 +18,7 @@ from .._sender._spool import Counters
 from .._version import __version__
 from . import _common as c
 from ._runtime import ControlError, Destination, select, sender_stats
+from .._layout import DEADLETTER, LOCK, write_commits, write_state
 from ._spoolfiles import WalInfo, commits, deadletter, decode, pending_events, records, state, wal_files
 
 
@@ -115,7 +115,7 @@ def run_ls(args: argparse.Namespace) -> int:
             c.table(rows, out)
         dl = item["deadletter_events"]
         out.write(f"  dead-letter: {c.count(dl)} event(s)"
-                  + (f" in {Path(item['spool']) / 'deadletter.jsonl'} (`mpsender spool deadletter`)" if dl else "")
+                  + (f" in {Path(item['spool']) / DEADLETTER} (`mpsender spool deadletter`)" if dl else "")
                   + "\n")
         if item["uploaded_total"] is not None:
             out.write(f"  totals (state.json): uploaded {c.count(item['uploaded_total'])} · "
@@ -337,7 +337,7 @@ def run_purge(args: argparse.Namespace) -> int:
 def _purge(d: Destination, wals: list[WalInfo], events: int, *, keep_deadletter: bool) -> None:
     # Holding the sender's lock: no sender can start on this spool while we delete.
     try:
-        lock = os.open(d.dir / "sender.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        lock = os.open(d.dir / LOCK, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise c.CliError(f"cannot open {d.dir / 'sender.lock'}: {exc.strerror}") from exc
     try:
@@ -346,7 +346,7 @@ def _purge(d: Destination, wals: list[WalInfo], events: int, *, keep_deadletter:
         except BlockingIOError:
             raise c.CliError(f"a sender started for {d.id} meanwhile; stop it first") from None
         removed = skipped = purged_events = 0
-        had_deadletter = (d.spool / "deadletter.jsonl").exists()
+        had_deadletter = (d.spool / DEADLETTER).exists()
         for w in wals:
             try:
                 fd = os.open(w.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -371,7 +371,7 @@ def _purge(d: Destination, wals: list[WalInfo], events: int, *, keep_deadletter:
             _count_purged(d.spool, purged_events)
         if not keep_deadletter:
             try:
-                os.unlink(d.spool / "deadletter.jsonl")
+                os.unlink(d.spool / DEADLETTER)
             except FileNotFoundError:
                 pass  # there was none
         note = "; dead-letter file deleted" if had_deadletter and not keep_deadletter else ""
@@ -383,11 +383,7 @@ def _purge(d: Destination, wals: list[WalInfo], events: int, *, keep_deadletter:
 
 
 def _rewrite_commits(spool: Path, offsets: dict[str, int]) -> None:
-    tmp = spool / "commits.log.tmp"
-    with open(tmp, "wb") as fh:
-        for name, offset in offsets.items():
-            fh.write(msgpack.packb([name, offset]))
-    os.replace(tmp, spool / "commits.log")
+    write_commits(spool, offsets.items())
 
 
 def _count_purged(spool: Path, n: int) -> None:
@@ -396,6 +392,4 @@ def _count_purged(spool: Path, n: int) -> None:
     counters = Counters()
     counters.load(state(spool))
     counters.drop("purged", n)
-    tmp = spool / "state.json.tmp"
-    tmp.write_text(json.dumps({**counters.totals(), "saved_at": time.time()}))
-    os.replace(tmp, spool / "state.json")
+    write_state(spool, counters.totals())

@@ -19,7 +19,7 @@ import psutil
 
 from .._events import unpack
 from .._framing import scan
-from .._sender._spool import parse_commits, parse_state
+from .._layout import COMMITS, DEADLETTER, is_wal_name, parse_commits, read_state
 from ._common import CliError
 
 _CHUNK = 1 << 20
@@ -46,7 +46,7 @@ def unreadable(path: Path, exc: OSError) -> CliError:
 def commits(spool: Path) -> dict[str, int]:
     """Committed offset per file, as ``commits.log`` says (read-only)."""
     try:
-        data = (spool / "commits.log").read_bytes()
+        data = (spool / COMMITS).read_bytes()
     except FileNotFoundError:
         return {}
     except OSError as exc:
@@ -57,7 +57,7 @@ def commits(spool: Path) -> dict[str, int]:
 def wal_files(spool: Path) -> list[WalInfo]:
     """The write-ahead files of a spool, oldest first."""
     try:
-        entries = [e for e in os.scandir(spool) if e.name.endswith(".wal") and not e.name.startswith(".")]
+        entries = [e for e in os.scandir(spool) if is_wal_name(e.name)]
         stats = [(e, e.stat()) for e in entries]
     except FileNotFoundError:
         return []
@@ -121,7 +121,7 @@ def decode(payload: bytes) -> dict[str, Any]:
 
 
 def deadletter(spool: Path) -> list[dict[str, Any]]:
-    path = spool / "deadletter.jsonl"
+    path = spool / DEADLETTER
     try:
         lines = path.read_text().splitlines()
     except FileNotFoundError:
@@ -143,7 +143,6 @@ def deadletter(spool: Path) -> list[dict[str, Any]]:
 def state(spool: Path) -> dict[str, Any]:
     """The saved totals (``state.json``), an older file's keys folded in; {} when none were saved."""
     try:
-        data = json.loads((spool / "state.json").read_text())
+        return read_state(spool) or {}
     except (OSError, ValueError):
         return {}
-    return parse_state(data) if isinstance(data, dict) else {}

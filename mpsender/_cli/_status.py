@@ -11,7 +11,7 @@ from typing import Any
 import psutil
 
 from .. import _start_failure
-from .._paths import START_FAILURE
+from .._layout import START_FAILURE
 from .._start_failure import StartFailure
 from . import _common as c
 from ._runtime import ControlError, Destination, destinations, sender_stats

@@ -20,7 +20,7 @@ import msgpack
 
 from .. import _start_failure
 from .._options import Options
-from .._paths import START_FAILURE
+from .._layout import START_FAILURE
 
 
 def main() -> int:

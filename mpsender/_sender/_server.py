@@ -24,6 +24,7 @@ import msgpack
 
 from .._lograte import Throttle
 from .._options import Options
+from .. import _layout as layout
 from .._protocol import FLUSH, HELLO, MAX_CONTROL, REPLY, STATS, STOP, WAKE
 from .._version import __version__
 from ._spool import Counters, Spool
@@ -32,7 +33,6 @@ from ._uploader import Uploader
 logger = logging.getLogger(__name__)
 _throttle = Throttle(logger)  # what each connection or pass of the loop can meet again
 
-_STATE = "state.json"
 _SAVE_EVERY = 5.0
 #: events held in memory when they came over a socket (the disk refused them); past
 #: either bound the sender stops reading sockets until the uploader
@@ -80,8 +80,8 @@ class Server:
         self._paused = False
         self._last_client_left = time.monotonic()
         self._next_save = time.monotonic() + _SAVE_EVERY
-        self.socket_path = os.path.join(dest, "sender.sock")
-        self._bell = _doorbell(os.path.join(dest, "doorbell"))
+        self.socket_path = os.path.join(dest, layout.SOCKET)
+        self._bell = _doorbell(os.path.join(dest, layout.DOORBELL))
         self.uploader = Uploader(options, self.spool, self.counters, self._poke, self._bell, self._save_state)
         self._listener: socket.socket | None = None
 
@@ -110,10 +110,10 @@ class Server:
             "destination": self.options.redacted_endpoint(), "format": self.options.format,
             "spool": self.spool.dir, "socket": self.socket_path,
         }
-        tmp = os.path.join(self.dest, "sender.json.tmp")
+        tmp = os.path.join(self.dest, layout.INFO + ".tmp")
         with open(tmp, "w") as fh:
             json.dump(info, fh)
-        os.replace(tmp, os.path.join(self.dest, "sender.json"))
+        os.replace(tmp, os.path.join(self.dest, layout.INFO))
 
     # --- loop -------------------------------------------------------------------------------
 
@@ -283,12 +283,9 @@ class Server:
         return counted
 
     def _memory_event(self, data: bytes) -> None:
-        spool = self.spool
-        spool.mem_in += 1
-        spool.mem.append((spool.mem_in, data))
-        spool.mem_bytes += len(data)
+        held, held_bytes = self.spool.hold(data)
         self._unspooled += 1  # an app could not write its file (counted once per pass)
-        if len(spool.mem) >= MAX_MEMORY_EVENTS or spool.mem_bytes >= MAX_MEMORY_BYTES:
+        if held >= MAX_MEMORY_EVENTS or held_bytes >= MAX_MEMORY_BYTES:
             self._backpressure()
         self.uploader.wake()
 
@@ -347,16 +344,14 @@ class Server:
         }
 
     def _load_state(self) -> None:
-        path = os.path.join(self.spool.dir, _STATE)
         try:
-            with open(path) as fh:
-                state = json.load(fh)
-        except FileNotFoundError:
-            return
+            state = layout.read_state(self.spool.dir)
         except (OSError, ValueError) as exc:
-            logger.warning("cannot read %s (%s); counters start from zero", path, exc)
+            logger.warning("cannot read %s (%s); counters start from zero",
+                           os.path.join(self.spool.dir, layout.STATE), exc)
             return
-        self.counters.load(state)  # an older file's "corrupt" and "spool" keys are folded in
+        if state is not None:
+            self.counters.load(state)  # an older file's "corrupt" and "spool" keys are folded in
 
     def _save_state(self) -> None:
         with self._state_lock:  # the IO thread and the posting thread both save
@@ -364,14 +359,11 @@ class Server:
 
     def _save_state_locked(self) -> None:
         self.counters.dirty = False  # before the copy: a drop counted meanwhile is saved next time
-        state = {**self.counters.totals(), "saved_at": time.time()}
-        path = os.path.join(self.spool.dir, _STATE)
         try:
-            with open(path + ".tmp", "w") as fh:
-                json.dump(state, fh)
-            os.replace(path + ".tmp", path)
+            layout.write_state(self.spool.dir, self.counters.totals())
         except OSError as exc:
-            _throttle.warning("save", "cannot save counters to %s: %s", path, exc)
+            _throttle.warning("save", "cannot save counters to %s: %s",
+                              os.path.join(self.spool.dir, layout.STATE), exc)
 
     # --- exit ---------------------------------------------------------------------------------
 
@@ -394,7 +386,7 @@ class Server:
             conn.sock.close()
         self._save_state()
         try:
-            os.unlink(os.path.join(self.dest, "sender.json"))
+            os.unlink(os.path.join(self.dest, layout.INFO))
         except FileNotFoundError:
             pass
         logger.info("exited: %s", json.dumps(self.stats()))

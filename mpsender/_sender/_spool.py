@@ -35,9 +35,9 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
 
 from .._framing import scan
+from .._layout import COMMITS, commit_record, is_wal_name, parse_commits, parse_state, write_commits
 from .._lograte import Throttle
 from .._wire import format_message_id
 
@@ -45,61 +45,7 @@ logger = logging.getLogger(__name__)
 _throttle = Throttle(logger)  # warnings a pass of the reading loop can meet every time
 
 CHUNK = 256 * 1024
-_COMMITS = "commits.log"
 _COMPACT_AT = 1 << 20
-#: the plain totals ``state.json`` keeps (besides ``dropped`` and ``incidents``)
-_TOTALS = ("uploaded", "batches", "requests", "retries")
-
-
-def parse_commits(data: bytes) -> tuple[dict[str, int], bool]:
-    """Committed offset per file from the bytes of ``commits.log`` (records
-    ``[name, offset]``, ``offset`` None once the file is deleted), and whether the log
-    ends in a torn record (a sender killed mid-write: what came before it stands)."""
-    out: dict[str, int] = {}
-    unpacker = msgpack.Unpacker(raw=False)
-    unpacker.feed(data)
-    try:
-        for item in unpacker:
-            if isinstance(item, list) and len(item) == 2 and isinstance(item[0], str):
-                name, offset = item
-                if offset is None:
-                    out.pop(name, None)
-                elif isinstance(offset, int):
-                    out[name] = max(offset, out.get(name, 0))
-    except (ValueError, msgpack.ExtraData):
-        return out, True
-    return out, False
-
-
-def parse_state(data: Any) -> dict[str, Any]:
-    """The totals of a ``state.json`` document: ``uploaded``, ``batches``, ``requests``,
-    ``retries``, ``dropped`` and ``incidents``. Files written before the counters were
-    one set keep corrupt regions under ``"corrupt"`` and the spool's incidents under
-    ``"spool"``: they are folded into ``dropped`` and ``incidents``, so nothing counted
-    before an upgrade is lost. What is not a count reads as none."""
-    if not isinstance(data, dict):
-        data = {}
-    out: dict[str, Any] = {key: _count(data.get(key)) for key in _TOTALS}
-    dropped = _tally(data.get("dropped"))
-    incidents = _tally(data.get("incidents"))
-    corrupt = _count(data.get("corrupt"))
-    if corrupt:
-        dropped["corrupt"] = dropped.get("corrupt", 0) + corrupt
-    for reason, n in _tally(data.get("spool")).items():
-        incidents[reason] = incidents.get(reason, 0) + n
-    out["dropped"] = dropped
-    out["incidents"] = incidents
-    return out
-
-
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _tally(value: Any) -> dict[str, int]:
-    if not isinstance(value, dict):
-        return {}
-    return {str(k): n for k, v in value.items() if (n := _count(v))}
 
 
 class Counters:
@@ -109,6 +55,8 @@ class Counters:
 
     def __init__(self) -> None:
         self.received = 0  # events read from the spool or memory (the reading thread only)
+        # The posting thread's alone (the IO thread reads them for stats: whole ints and
+        # references, an old value or a new one, never a torn one):
         self.uploaded = 0
         self.batches = 0
         self.requests = 0
@@ -199,11 +147,15 @@ class Spool:
         self._lock = threading.Lock()  # the IO thread asks about commits while the uploader works
         self._rr = 0
         self.counters = counters  # the server's: received, corrupt regions, spool incidents
+        # Events that came over a socket (an app's disk refused them), in sequence. The IO
+        # thread appends (hold), the reading thread takes (read), the posting thread
+        # commits: mem, mem_in and mem_bytes change under _lock only; mem_committed is the
+        # posting thread's (under _lock too), read by the IO thread for flushes.
         self.mem: collections.deque[tuple[int, bytes]] = collections.deque()
-        self._noted: collections.deque[str] = collections.deque()  # names from HELLO/FLUSH
         self.mem_in = 0          # sequence number of the last event received over a socket
         self.mem_committed = 0
         self.mem_bytes = 0
+        self._noted: collections.deque[str] = collections.deque()  # names from HELLO/FLUSH (IO thread appends)
         #: files read again from 0 after a truncation, so far (the reading thread, under _lock)
         self.resyncs = 0
         #: committed size of files drained after they were replaced, by name: a writer's
@@ -215,14 +167,14 @@ class Spool:
         self._dir_id = _identity(directory)
         self._dir_replaced = False
         self._load_commits()
-        self._commit_fd = os.open(os.path.join(directory, _COMMITS),
+        self._commit_fd = os.open(os.path.join(directory, COMMITS),
                                   os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
         self._commit_log_size = os.fstat(self._commit_fd).st_size
 
     # --- commit log ------------------------------------------------------------------
 
     def _load_commits(self) -> None:
-        path = os.path.join(self.dir, _COMMITS)
+        path = os.path.join(self.dir, COMMITS)
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
@@ -231,16 +183,12 @@ class Spool:
         self._commits, torn = parse_commits(data)
         if torn:
             logger.warning("commits.log has a torn tail; records after it are read again")
-        existing = {n for n in os.listdir(self.dir) if n.endswith(".wal")}
+        existing = {n for n in os.listdir(self.dir) if is_wal_name(n)}
         self._commits = {n: o for n, o in self._commits.items() if n in existing}
-        tmp = path + ".tmp"
-        with open(tmp, "wb") as fh:
-            for name, offset in self._commits.items():
-                fh.write(msgpack.packb([name, offset]))
-        os.replace(tmp, path)
+        write_commits(self.dir, self._commits.items())
 
     def _log_commit(self, name: str, offset: int | None) -> None:
-        data = msgpack.packb([name, offset])
+        data = commit_record(name, offset)
         try:
             os.write(self._commit_fd, data)
         except OSError as exc:
@@ -252,14 +200,10 @@ class Spool:
             self._compact()
 
     def _compact(self) -> None:
-        path = os.path.join(self.dir, _COMMITS)
-        tmp = path + ".tmp"
+        path = os.path.join(self.dir, COMMITS)
         try:
-            with open(tmp, "wb") as fh:
-                for wf in self.files.values():
-                    if not wf.replaced:  # its offsets are of a file the name no longer names
-                        fh.write(msgpack.packb([wf.name, wf.committed]))
-            os.replace(tmp, path)
+            # a replaced file's offsets are of a file the name no longer names
+            write_commits(self.dir, [(wf.name, wf.committed) for wf in self.files.values() if not wf.replaced])
             os.close(self._commit_fd)
             self._commit_fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
             self._commit_log_size = os.fstat(self._commit_fd).st_size
@@ -278,7 +222,7 @@ class Spool:
                            "sender started for it; this one finishes the files it has", self.dir)
             return 0
         try:
-            names = [e.name for e in os.scandir(self.dir) if e.name.endswith(".wal")]
+            names = [e.name for e in os.scandir(self.dir) if is_wal_name(e.name)]
         except OSError as exc:
             _throttle.warning("list", "cannot list the spool %s: %s", self.dir, exc)
             return 0
@@ -291,7 +235,7 @@ class Spool:
     def note(self, name: str) -> None:
         """A writer announced ``name`` (IO thread). Only the uploader thread opens files:
         two threads adding the same file would read it twice and leak a descriptor."""
-        if isinstance(name, str) and name.endswith(".wal") and "/" not in name:
+        if is_wal_name(name):
             self._noted.append(name)
 
     def _add_noted(self) -> None:
@@ -318,6 +262,14 @@ class Spool:
             self.files[name] = WalFile(name, path, fd, committed=start, read_pos=start, size=size, taken=start)
         return True
 
+    def hold(self, data: bytes) -> tuple[int, int]:
+        """Keep an event that came over a socket (IO thread); (events, bytes) now held."""
+        with self._lock:
+            self.mem_in += 1
+            self.mem.append((self.mem_in, data))
+            self.mem_bytes += len(data)
+            return len(self.mem), self.mem_bytes
+
     # --- reading ---------------------------------------------------------------------
 
     def read(self, limit: int) -> list[Entry]:
@@ -334,10 +286,12 @@ class Spool:
                 self._read_file(wf, min(share, limit - len(out)), out)
             for wf in files:
                 self._read_file(wf, limit - len(out), out)
-        while self.mem and len(out) < limit:
-            seq, payload = self.mem.popleft()
-            self.mem_bytes -= len(payload)
-            out.append(Entry(None, seq, payload))
+        if self.mem and len(out) < limit:
+            with self._lock:  # the IO thread appends meanwhile
+                while self.mem and len(out) < limit:
+                    seq, payload = self.mem.popleft()
+                    self.mem_bytes -= len(payload)
+                    out.append(Entry(None, seq, payload))
         return out  # counted as received once decoded (Uploader._decode)
 
     def _read_file(self, wf: WalFile, limit: int, out: list[Entry]) -> None:

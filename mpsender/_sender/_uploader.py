@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from .._events import unpack, written_at
+from .._layout import DEADLETTER
 from .._lograte import Throttle
 from .._options import Options, redact_url
 from .._retry import (
@@ -138,7 +139,7 @@ class Uploader(threading.Thread):
         self._handoff: queue.Queue[list[Entry] | None] = queue.Queue(maxsize=1)
         self._next_housekeeping = 0.0
         self._next_fsync = 0.0
-        self._deadletter_path = os.path.join(spool.dir, "deadletter.jsonl")
+        self._deadletter_path = os.path.join(spool.dir, DEADLETTER)
         self._auth_warned = False
         self._hooks = {name: _load_hook(getattr(options, name), name) for name in ("on_error", "on_delivery")}
         #: (monotonic start, events) of the request being sent, None between requests. Set

@@ -11,7 +11,8 @@ from pathlib import Path
 import msgpack
 
 from mpsender._framing import frame
-from mpsender._sender._spool import Counters, Spool, parse_commits, parse_state
+from mpsender._layout import parse_commits, parse_state
+from mpsender._sender._spool import Counters, Spool
 
 
 def _write(path: Path, n: int, start: int = 0) -> None:
