@@ -40,9 +40,10 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _lean_store import IdStore  # noqa: E402  (this directory is on the path: a script's)
-from mpsender._collector import Collector  # noqa: E402
-from mpsender._collector._server import tune_gc_for_serving  # noqa: E402
+from _lean_store import IdStore
+
+from mpsender._collector import Collector
+from mpsender._collector._server import tune_gc_for_serving
 
 
 def _distinct(collector: Collector, db_path: str) -> int:

@@ -28,11 +28,12 @@ import socket
 import sys
 import time
 import zlib
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import EVENT, PROPERTIES, USER_ID, WRITE_KEY, padded_properties, rss_kib, summarize_ns  # noqa: E402
+from _common import EVENT, PROPERTIES, USER_ID, WRITE_KEY, padded_properties, rss_kib, summarize_ns
 
 pc = time.perf_counter_ns
 

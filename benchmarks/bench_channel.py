@@ -69,7 +69,7 @@ import msgpack
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import (  # noqa: E402
+from _common import (
     EVENT,
     PROPERTIES,
     USER_ID,
@@ -79,8 +79,8 @@ from _common import (  # noqa: E402
     machine_line,
     new_runtime_dir,
 )
-from _producers import Producers, Run  # noqa: E402
-from support import kill_senders, live_sender_pids  # noqa: E402  (tests/, on the path now)
+from _producers import Producers, Run
+from support import kill_senders, live_sender_pids
 
 WRITERS = 4
 

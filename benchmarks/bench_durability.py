@@ -35,14 +35,13 @@ import psutil
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import (  # noqa: E402
+from _common import (
     CollectorProcess,
     command_line,
     machine_line,
     proc_status,
 )
-from _producers import Producers, Run  # noqa: E402
-
+from _producers import Producers, Run
 
 # --- helpers ------------------------------------------------------------------------------------
 

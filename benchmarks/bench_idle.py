@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import WRITE_KEY, end_runtime_dir, machine_line, new_runtime_dir, proc_cpu  # noqa: E402
+from _common import WRITE_KEY, end_runtime_dir, machine_line, new_runtime_dir, proc_cpu
 
-import mpsender  # noqa: E402
-from mpsender._collector import Collector, Faults  # noqa: E402
+import mpsender
+from mpsender._collector import Collector, Faults
 
 CASES = {
     "hangs (no answer)": Faults(hang=True),

@@ -35,8 +35,8 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import DEFAULT_STORE, fmt, machine_line  # noqa: E402
-from bench_compare import end_to_end  # noqa: E402
+from _common import DEFAULT_STORE, fmt, machine_line
+from bench_compare import end_to_end
 
 
 def row(producers: int, size: int, total: int, opts: dict[str, Any], workdir: str,

@@ -22,9 +22,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import EVENT, PROPERTIES, USER_ID, WRITE_KEY, end_runtime_dir, new_runtime_dir  # noqa: E402
+from _common import EVENT, PROPERTIES, USER_ID, WRITE_KEY, end_runtime_dir, new_runtime_dir
 
-import mpsender  # noqa: E402
+import mpsender
 
 
 def main() -> int:

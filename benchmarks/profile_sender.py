@@ -32,11 +32,11 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any
+from typing import Any, ClassVar
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import EVENT, PROPERTIES, WRITE_KEY, CollectorProcess, padded_properties, proc_cpu  # noqa: E402
+from _common import EVENT, PROPERTIES, WRITE_KEY, CollectorProcess, padded_properties, proc_cpu
 
 if "--no-orjson" in sys.argv or "--no-fast" in sys.argv:
     sys.modules["orjson"] = None  # type: ignore[assignment]  # as if the optional extra were not installed
@@ -44,18 +44,18 @@ if "--no-fast" in sys.argv:  # none of the fast extra: msgpack, json, zlib
     sys.modules["ormsgpack"] = None  # type: ignore[assignment]
     sys.modules["isal"] = None  # type: ignore[assignment]
 
-from mpsender._events import pack  # noqa: E402
-from mpsender._framing import frame  # noqa: E402
-from mpsender._options import Options  # noqa: E402
-from mpsender._sender.__main__ import SWITCH_INTERVAL, _collect_garbage_less_often  # noqa: E402
-from mpsender._sender._spool import Counters, Spool  # noqa: E402
-from mpsender._sender._uploader import Uploader  # noqa: E402
+from mpsender._events import pack
+from mpsender._framing import frame
+from mpsender._options import Options
+from mpsender._sender.__main__ import SWITCH_INTERVAL, _collect_garbage_less_often
+from mpsender._sender._spool import Counters, Spool
+from mpsender._sender._uploader import Uploader
 
 
 class _Response:
     status_code = 200
     text = '{"success":true}'
-    headers: dict[str, str] = {}
+    headers: ClassVar[dict[str, str]] = {}
 
 
 class _StubHTTP:
@@ -93,7 +93,7 @@ def fill_spool(spool_dir: str, events: int, files: int, props: dict[str, Any]) -
         data = frame(pack(rec))
         size += len(data)
         chunks[i % files].append(data)
-    for fd, parts in zip(fds, chunks):
+    for fd, parts in zip(fds, chunks, strict=True):
         os.write(fd, b"".join(parts))
         os.close(fd)
     return size

@@ -19,8 +19,8 @@ import time
 
 import msgpack
 
-from ._lograte import Throttle
 from . import _start_failure
+from ._lograte import Throttle
 from ._options import Options
 from ._paths import Paths
 from ._start_failure import StartFailure

@@ -101,7 +101,8 @@ def format_timestamp(ts: float) -> str:
     if cached[0] == sec:
         return cached[1] + _MS_SUFFIX[ms]
     # not strftime: its %Y does not pad years before 1000 to four digits on glibc
-    prefix = "%04d-%02d-%02dT%02d:%02d:%02d" % time.gmtime(sec)[:6]
+    year, month, day, hour, minute, second = time.gmtime(sec)[:6]
+    prefix = f"{year:04d}-{month:02d}-{day:02d}T{hour:02d}:{minute:02d}:{second:02d}"
     _ts_cache = (sec, prefix)
     return prefix + _MS_SUFFIX[ms]
 

@@ -11,10 +11,11 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-import mpsender  # noqa: E402
-from mpsender import _api  # noqa: E402
-from mpsender._collector import Collector  # noqa: E402
-from support import kill_senders  # noqa: E402
+from support import kill_senders
+
+import mpsender
+from mpsender import _api
+from mpsender._collector import Collector
 
 
 @pytest.fixture

@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())
         os.close(devnull)
         return _common.EXIT_OK
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: one line, not a traceback
+    except Exception as exc:
         if args.debug:
             raise
         print(f"mpsender: unexpected error: {type(exc).__name__}: {exc} (run again with --debug for the "

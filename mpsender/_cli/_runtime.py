@@ -21,10 +21,10 @@ from typing import Any
 import msgpack
 import psutil
 
-from .._options import Options
-from .._paths import paths_for
 from .. import _layout as layout
 from .. import _protocol
+from .._options import Options
+from .._paths import paths_for
 from .._protocol import STATS, STOP
 from ._common import CliError
 

@@ -11,14 +11,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-
 from .. import _wire
 from .._client import Client
+from .._layout import DEADLETTER, LOCK, write_commits, write_state
 from .._sender._spool import Counters
 from .._version import __version__
 from . import _common as c
 from ._runtime import ControlError, Destination, select, sender_stats
-from .._layout import DEADLETTER, LOCK, write_commits, write_state
 from ._spoolfiles import WalInfo, commits, deadletter, decode, pending_events, records, state, wal_files
 
 
@@ -101,7 +100,7 @@ def run_ls(args: argparse.Namespace) -> int:
         print(json.dumps(listing, indent=2))
         return c.EXIT_OK
     out = sys.stdout
-    for item, d in zip(listing, found):
+    for item, d in zip(listing, found, strict=True):
         out.write(f"{item['id']}  {item['destination']}  ({_sender_note(d)})\n")
         out.write(f"  spool {item['spool']}: {c.count(item['pending_events'])} event(s) undelivered "
                   f"({c.size(item['pending_bytes'])}) in {len(item['files'])} file(s)\n")
@@ -329,7 +328,7 @@ def run_purge(args: argparse.Namespace) -> int:
               + (f", {c.count(dl)} dead-lettered event(s)" if dl else ""))
     if not args.yes and not c.confirm("Delete them? They cannot be recovered."):
         raise c.CliError("nothing deleted")
-    for d, wals, events, dl in plan:
+    for d, wals, events, _dl in plan:
         _purge(d, wals, events, keep_deadletter=args.keep_deadletter)
     return c.EXIT_OK
 

@@ -8,8 +8,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Final, TypedDict
 
-
-
 logger = logging.getLogger(__name__)
 
 SEGMENT: Final = "segment"

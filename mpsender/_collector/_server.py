@@ -21,9 +21,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import urlsplit
 
-
-from ._model import CollectorTotals, Faults, MAX_BODY_BYTES, MAX_WIRE_BYTES, POSTHOG, RequestRecord, SEGMENT, _BATCH_METHODS, _Batch, _HEALTH_PATH, _Incomplete, _Reject
 from ._body import _gunzip, _route, _text
+from ._model import (
+    _BATCH_METHODS,
+    _HEALTH_PATH,
+    MAX_BODY_BYTES,
+    MAX_WIRE_BYTES,
+    POSTHOG,
+    SEGMENT,
+    CollectorTotals,
+    Faults,
+    RequestRecord,
+    _Batch,
+    _Incomplete,
+    _Reject,
+)
 from ._store import SqliteStore, Store
 
 logger = logging.getLogger(__name__)

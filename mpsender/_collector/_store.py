@@ -16,8 +16,8 @@ import threading
 import weakref
 from typing import Any, Final, Protocol
 
+from ._body import _DEFAULT_TYPE, _SHAPE_SQL, _event_type, _Shape, _shape_python, _text
 from ._model import JSON, POSTHOG, SEGMENT, _Batch
-from ._body import _DEFAULT_TYPE, _SHAPE_SQL, _Shape, _event_type, _shape_python, _text
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import sys
 import msgpack
 
 from .. import _start_failure
-from .._options import Options
 from .._layout import START_FAILURE
+from .._options import Options
 
 
 def main() -> int:

@@ -22,9 +22,9 @@ from typing import Any
 
 import msgpack
 
+from .. import _layout as layout
 from .._lograte import Throttle
 from .._options import Options
-from .. import _layout as layout
 from .._protocol import FLUSH, HELLO, MAX_CONTROL, REPLY, STATS, STOP, WAKE
 from .._version import __version__
 from ._spool import Counters, Spool

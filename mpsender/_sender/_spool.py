@@ -35,7 +35,6 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from .._framing import scan
 from .._layout import COMMITS, commit_record, is_wal_name, parse_commits, parse_state, write_commits
 from .._lograte import Throttle
@@ -103,7 +102,7 @@ class Counters:
 class Entry:
     """One record read from the spool. ``payload`` None: skipped (corrupt region)."""
 
-    source: "WalFile | None"  # None: received over a socket, held in memory
+    source: WalFile | None  # None: received over a socket, held in memory
     end: int                 # offset after the record in its file (memory: sequence number)
     payload: bytes | None
     wire: bytes = b""        # the encoded wire event, set by the uploader

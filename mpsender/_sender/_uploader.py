@@ -189,7 +189,7 @@ class Uploader(threading.Thread):
             self._http.close()
             try:
                 self.spool.finish_files()  # delete what this sender finished, before it goes
-            except Exception:  # noqa: BLE001 - best effort at exit; the next sender retries
+            except Exception:
                 logger.exception("final clean-up of the spool failed")
 
     def _time_left(self, default: float | None) -> float | None:
@@ -570,7 +570,7 @@ def _load_hook(path: str | None, name: str) -> Callable[[dict[str, Any]], Any] |
     module, _, attr = path.partition(":")
     try:
         fn = getattr(importlib.import_module(module), attr)
-    except Exception:  # noqa: BLE001 - report and run without the hook
+    except Exception:
         logger.exception("cannot import the %s hook %r; running without it", name, path)
         return None
     if not callable(fn):

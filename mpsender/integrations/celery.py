@@ -200,7 +200,7 @@ def _ensure_client(*, wait: bool) -> None:
         logger.warning(
             "mpsender is not initialised in pid %d: %s (set MPSENDER_WRITE_KEY and "
             "MPSENDER_ENDPOINT, or pass them to connect())", os.getpid(), exc)
-    except Exception:  # noqa: BLE001 - a worker must start even when analytics cannot
+    except Exception:
         logger.exception("mpsender could not be initialised in pid %d", os.getpid())
 
 
@@ -211,7 +211,7 @@ def _shutdown(signal_name: str) -> None:
         if not mpsender.shutdown(timeout=timeout):
             logger.info("%s: events of pid %d not confirmed within %.1fs stay in the spool; "
                         "the sender delivers them", signal_name, os.getpid(), timeout)
-    except Exception:  # noqa: BLE001 - a process on its way out must not fail because of analytics
+    except Exception:
         logger.exception("%s: mpsender.shutdown failed", signal_name)
 
 

@@ -132,7 +132,7 @@ def _ensure_client(server: Arbiter, hook: str) -> None:
             "MPSENDER_ENDPOINT, or call mpsender.init(...) yourself and import only worker_exit.",
             hook, exc,
         )
-    except Exception:  # noqa: BLE001 - analytics must never stop gunicorn from starting a worker
+    except Exception:
         server.log.exception("mpsender: %s failed; the server runs on without it", hook)
 
 
@@ -144,5 +144,5 @@ def _shutdown(server: Arbiter, hook: str) -> None:
                 "they are in the spool and the sender delivers them", hook, os.getpid(),
                 EXIT_FLUSH_TIMEOUT,
             )
-    except Exception:  # noqa: BLE001 - a process on its way out must not fail because of analytics
+    except Exception:
         server.log.exception("mpsender: %s failed", hook)

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import REPO, ServerProcess, app_env, check, live_sender_pids, run_app, wait_for
 
 from mpsender._collector import Collector
-from support import REPO, ServerProcess, app_env, check, live_sender_pids, run_app, wait_for
 
 EXAMPLE = REPO / "examples" / "celery_app"
 _names = itertools.count()

@@ -22,9 +22,9 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
+from support import REPO, app_env, check, live_sender_pids, run_app, wait_for
 
 from mpsender._collector import Collector, Faults
-from support import REPO, app_env, check, live_sender_pids, run_app, wait_for
 
 pytestmark = pytest.mark.timeout(90)
 

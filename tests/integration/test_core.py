@@ -16,10 +16,10 @@ import uuid
 from pathlib import Path
 
 import pytest
+from support import app_env, check, live_sender_pids, run_app, wait_for
 
 import mpsender
 from mpsender._collector import Collector
-from support import app_env, check, live_sender_pids, run_app, wait_for
 
 ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 

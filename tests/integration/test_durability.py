@@ -4,6 +4,7 @@ corrupt or full spool. Every case is a real fault injected into real processes."
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import os
 import random
@@ -15,10 +16,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import msgpack
 import psutil
 import pytest
+from support import REPO, app_env, check, live_sender_pids, run_app, sender_infos, wait_for
 
 import mpsender
 from mpsender._collector import Collector, Faults
@@ -28,7 +31,6 @@ from mpsender._options import Options
 from mpsender._paths import paths_for
 from mpsender._protocol import HELLO, REPLY, STATS
 from mpsender._wire import format_timestamp
-from support import REPO, app_env, check, live_sender_pids, run_app, sender_infos, wait_for
 
 FAST_RETRY = {"retry_base": 0.02, "retry_cap": 0.2}
 
@@ -71,7 +73,7 @@ def test_retry_after_holds_every_request_until_it_expires(client_factory, collec
     assert client.flush(timeout=30)
     assert len(_unique(collector)) == 50
     reqs = sorted(collector.requests(), key=lambda r: r.arrived_at)
-    for prev, nxt in zip(reqs, reqs[1:]):
+    for prev, nxt in itertools.pairwise(reqs):
         if prev.status == 429:
             assert nxt.arrived_at - prev.arrived_at >= 0.95, (prev, nxt)
 
@@ -287,7 +289,7 @@ print(i if ok else -1)
                 p.kill()
                 p.wait()
     tracked = 0
-    for p, (out, err) in zip(procs, outs):
+    for p, (out, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0 and int(out) > 0, (out, err)
         tracked += int(out)
     ids = collector.message_ids()
@@ -420,7 +422,8 @@ def test_a_warning_repeated_every_second_is_logged_once(client_factory, collecto
         for i in range(300):
             client.track("bounded", user_id="u", properties={"i": i, "pad": "x" * 60})
         before = dropped
-        assert wait_for(lambda: client.stats().sender.dropped.get("spool_full", 0) > before, timeout=10)
+        assert wait_for(lambda before=before: client.stats().sender.dropped.get("spool_full", 0) > before,
+                        timeout=10)
         dropped = client.stats().sender.dropped["spool_full"]
     log = client.paths.log.read_text()
     assert log.count("spool over max_spool_bytes") == 1, log
@@ -465,7 +468,7 @@ def test_a_backfilled_timestamp_never_expires_the_event(client_factory, collecto
 
 
 class _NoDrops:
-    dropped: dict[str, int] = {}
+    dropped: ClassVar[dict[str, int]] = {}
 
 
 _NO_DROPS = _NoDrops()
@@ -634,7 +637,7 @@ def test_tls_is_verified_by_default(client_factory, tmp_path: Path) -> None:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+        def do_POST(self) -> None:
             received.append(self.rfile.read(int(self.headers["Content-Length"])))
             self.send_response(200)
             self.send_header("Content-Length", "2")

@@ -6,9 +6,9 @@ import subprocess
 import sys
 
 import pytest
+from support import REPO, app_env, check, live_sender_pids
 
 from mpsender._collector import Collector
-from support import REPO, app_env, check, live_sender_pids
 
 SCRIPT = REPO / "examples" / "multiprocessing_pool.py"
 

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import wait_for
 
 import mpsender
 from mpsender._collector import Collector, Faults
 from mpsender._version import __version__
 from mpsender.testing import capture
-from support import wait_for
 
 KEY = "test-key"
 FAST = {"retry_base": 0.02, "retry_cap": 0.2}

@@ -18,8 +18,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
-from mpsender._collector import Collector
 from support import (
     REPO,
     Load,
@@ -33,6 +31,8 @@ from support import (
     run_load,
     wait_for,
 )
+
+from mpsender._collector import Collector
 
 EXAMPLE = REPO / "examples" / "gunicorn_app"
 _names = itertools.count()

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 import trustme
+from support import REPO, ServerProcess, live_sender_pids, wait_for
 
 from mpsender._collector import Collector
-from support import REPO, ServerProcess, live_sender_pids, wait_for
 
 pytestmark = pytest.mark.slow
 

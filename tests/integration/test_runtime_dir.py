@@ -17,9 +17,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support import REPO, check, kill_senders, live_sender_pids, run_app
 
 from mpsender._collector import Collector
-from support import REPO, check, kill_senders, live_sender_pids, run_app
 
 _APP = """
     import json, logging, sys

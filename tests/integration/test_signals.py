@@ -18,17 +18,19 @@ import threading
 from pathlib import Path
 
 import pytest
+from support import app_env, check, run_app, wait_for
 
 import mpsender
 from mpsender._collector import Collector
-from support import app_env, check, run_app, wait_for
 
 # The app: tracks from its main thread (and flushes halfway); SIGUSR1's handler tracks,
 # flushes and asks for stats. argv: the C call and the function inside which it raises the signal, how
 # many times, the number of events, their size, whether to hide the fast extra.
 _APP = r"""
 import json, signal, sys, decimal
-c_name, inside, times, count, size, no_fast = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5]), sys.argv[6] == "1"
+c_name, inside = sys.argv[1], sys.argv[2]
+times, count, size = (int(a) for a in sys.argv[3:6])
+no_fast = sys.argv[6] == "1"
 if no_fast:
     sys.modules["ormsgpack"] = None  # the msgpack packer, as without the fast extra
 import mpsender

@@ -14,12 +14,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from support import REPO, app_env, check, live_sender_pids, run_app
 
 from mpsender._collector import Collector
-from mpsender._options import Options
 from mpsender._layout import START_FAILURE
+from mpsender._options import Options
 from mpsender._paths import paths_for
-from support import REPO, app_env, check, live_sender_pids, run_app
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -24,8 +24,6 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-
-from mpsender._collector import Collector
 from support import (
     REPO,
     Load,
@@ -38,6 +36,8 @@ from support import (
     run_load,
     wait_for,
 )
+
+from mpsender._collector import Collector
 
 EXAMPLE = REPO / "examples" / "uwsgi_app"
 #: the uwsgi binary that ``pip install uwsgi`` puts next to this interpreter (the test
@@ -239,7 +239,7 @@ def test_graceful_reload_under_load_loses_nothing(
             load.wait_done(k * N // 3)
             os.kill(server.pid, signal.SIGHUP)
             # the master has exec'd itself, imported the app (init() again) and forked new workers
-            assert wait_for(lambda: server.text().count("spawned uWSGI worker 4 ") == k + 1, 20), \
+            assert wait_for(lambda k=k: server.text().count("spawned uWSGI worker 4 ") == k + 1, 20), \
                 server.output()
 
     with SenderWatch(runtime_dir) as watch:

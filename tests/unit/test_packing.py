@@ -55,7 +55,8 @@ _INTS = [0, 1, 127, 128, 255, 256, 65535, 65536, 2**32 - 1, 2**32, 2**63 - 1, 2*
          -1, -32, -33, -128, -129, -32768, -32769, -(2**31), -(2**31) - 1, -(2**63)]
 
 #: every kind of value, including those only msgpack takes and those nobody takes
-VALUES: list[Any] = _INTS + [
+VALUES: list[Any] = [
+    *_INTS,
     1.5, float("nan"), float("inf"), -0.0, True, False, None,
     "", "x" * 31, "x" * 32, "x" * 255, "x" * 256, "x" * 65536, "é€😀",
     b"", b"\x00\xff" * 150, bytearray(b"ab"), memoryview(b"ab"),

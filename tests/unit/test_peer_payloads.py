@@ -30,9 +30,9 @@ import msgpack
 import pytest
 
 from mpsender._client import Client
+from mpsender._options import Options
 from mpsender._version import __version__
 from mpsender._wire import get_encoder
-from mpsender._options import Options
 from mpsender.testing import CapturedEvents, CaptureSink
 
 segment_analytics = pytest.importorskip("segment.analytics")
@@ -182,7 +182,7 @@ def test_segment_events_match_analytics_python(peer_server: Received) -> None:
     _, _, ours = mpsender_request("segment", segment_calls)
     theirs = peer_server.events()
     assert len(ours["batch"]) == len(theirs) == 7
-    for mine, peer in zip(ours["batch"], theirs):
+    for mine, peer in zip(ours["batch"], theirs, strict=True):
         ours_n, theirs_n = normalize_segment(mine, "mpsender"), normalize_segment(peer, "analytics-python")
         assert ours_n == theirs_n, mine["type"]
     assert ours["batch"][0]["context"]["library"] == {"name": "mpsender", "version": __version__}
@@ -285,7 +285,7 @@ def test_posthog_events_match_posthog_python(peer_server: Received) -> None:
     _, _, ours = mpsender_request("posthog", posthog_calls)
     theirs = peer_server.events()
     assert len(ours["batch"]) == len(theirs) == 7
-    for mine, peer in zip(ours["batch"], theirs):
+    for mine, peer in zip(ours["batch"], theirs, strict=True):
         assert normalize_posthog(mine, "mpsender") == normalize_posthog(peer, "posthog-python"), mine["event"]
     assert ours["batch"][0]["properties"]["$lib_version"] == __version__
     assert [e["event"] for e in ours["batch"]] == [

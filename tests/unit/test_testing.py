@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import subprocess
 import sys
@@ -13,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support import REPO, live_sender_pids
 
 import mpsender
 from mpsender import NotInitializedError, _api
 from mpsender._client import Client
 from mpsender._version import __version__
 from mpsender.testing import CapturedEvents, capture
-from support import REPO, live_sender_pids
 
 LIBRARY = {"name": "mpsender", "version": __version__}
 
