@@ -1,4 +1,4 @@
-"""Wire encoders: internal records (docs/internals.md) to one HTTP request.
+"""Wire encoders: internal records (docs/architecture.md) to one HTTP request.
 
 Runs in the sender process only. An encoder turns each internal record into a
 wire event dict (:meth:`Encoder.event`) and wraps a batch of those into one
