@@ -255,16 +255,16 @@ except (ImportError, AttributeError):  # pragma: no cover - not installed, or to
 def pack(record: dict[str, Any]) -> bytes:
     """msgpack ``record``, or raise (``explain_unpackable`` names the culprit).
 
-    With ormsgpack installed it packs (0.33 µs against 0.70 µs for msgpack's Packer on
-    the benchmark's record). What it refuses (non-str map keys, subclasses of str or
+    With ormsgpack installed it packs, in about half the time of msgpack's Packer
+    (benchmarks/README.md, "The fast extra"). What it refuses (non-str map keys, subclasses of str or
     dict, nesting past MAX_DEPTH, lone surrogates, what ``convert`` refuses) goes to
     msgpack, after ``_checked`` has copied it with its keys made the strings the wire
     sends (two that become one raise) when it has other keys or nests too deep.
 
-    Without ormsgpack, one msgpack Packer per thread: half the cost of
-    ``msgpack.packb``, which builds a new Packer on every call (0.77 µs against 1.57
-    µs). msgpack takes any map key and nests to 1024, and finding out whether a record
-    needs ``_checked`` would take a walk of every event (a large share of what
+    Without ormsgpack, one msgpack Packer per thread: ``msgpack.packb`` builds a new
+    Packer on every call, which doubles the cost (benchmarks/README.md). msgpack takes
+    any map key and nests to 1024, and finding out whether a record needs ``_checked``
+    would take a walk of every event (a large share of what
     ``track()`` costs); so such records are written as they are, and ``unpack`` makes their
     keys strings in the sender (or dead-letters one with two keys that collide).
     """
@@ -293,7 +293,7 @@ def _pack_msgpack(record: dict[str, Any]) -> bytes:
 def unpack(payload: bytes) -> Any:
     """A record as the sender reads it (and ``mpsender.testing``, and ``spool show``).
 
-    ormsgpack when installed (1.0 µs against 1.7 µs per benchmark record); msgpack for
+    ormsgpack when installed (faster than msgpack: benchmarks/README.md); msgpack for
     what it refuses (non-str map keys), with arrays as tuples so that an array used as
     a map key stays hashable, and then map keys made the strings the wire sends (as
     ``track()`` makes them when ormsgpack is installed). Raises ``ValueError`` (or a

@@ -50,8 +50,8 @@ HOUSEKEEPING = 1.0
 #: with a partial batch waiting for its age, look for a full one this often
 _PARTIAL_POLL = 0.05
 _AUTH_PAUSE = 30.0
-#: zlib level of request bodies. Level 1 deflates a batch of JSON events in about half
-#: the time of level 6 for ~20% more bytes (benchmarks/profiles/sender.md): the sender
+#: zlib level of request bodies. Level 1 deflates a batch of JSON events much faster than
+#: level 6 for a few more bytes (benchmarks/README.md, "The fast extra"): the sender
 #: shares the host's cores with the application, and the link is rarely the limit.
 
 
@@ -174,7 +174,7 @@ class Uploader(threading.Thread):
         """Read and encode batches here; a poster thread sends them, one at a time, in
         order. Encoding the next batch while the previous one is gzipped, sent and
         answered (zlib and socket waits release the GIL) is what lets the sender and the
-        endpoint work at the same time (benchmarks/README.md: +50% end to end)."""
+        endpoint work at the same time (benchmarks/README.md, History: the poster thread)."""
         poster = threading.Thread(target=self._post_loop, name="mpsender-poster", daemon=True)
         poster.start()
         try:
@@ -502,8 +502,8 @@ class Uploader(threading.Thread):
 
     def _http_headers(self, headers: dict[str, str]) -> httpx.Headers:
         """The encoder's headers (the same for every request) as httpx's own type, built
-        once: httpx normalizes a plain dict again on every request (~40 µs of the ~320 µs
-        a request costs the sender, benchmarks/profiles/sender.md)."""
+        once: httpx normalizes a plain dict again on every request, a visible share of what
+        a request costs the sender (benchmarks/README.md, "The fast extra")."""
         cached = self._headers
         if cached is None or cached[0] != headers:
             built = httpx.Headers(headers)
