@@ -11,9 +11,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ._enrich import enrichment
+from ._error_event import error_properties
 from ._events import (
     MessageIds,
-    error_properties,
     explain_unpackable,
     identity,
     pack,
