@@ -31,6 +31,7 @@ from .._lograte import Throttle
 from .._options import Options, redact_url
 from .._retry import (
     RateLimit,
+    expired,
     is_auth_status,
     is_retryable_status,
     is_size_rejection,
@@ -463,12 +464,13 @@ class Uploader(threading.Thread):
         now = time.time()
         if not events or min(map(_entry_ts, events)) >= now - max_age:
             return events  # the common case: nothing near the limit, no pass in Python
-        keep = [e for e in events if now - e.ts <= max_age]
-        if len(keep) != len(events):
-            self.counters.drop("expired", len(events) - len(keep))
-            for e in events:
-                if now - e.ts > max_age:
-                    e.payload = None
+        keep = []
+        for e in events:
+            if expired(e.ts, now, max_age):
+                e.payload = None
+            else:
+                keep.append(e)
+        self.counters.drop("expired", len(events) - len(keep))
         return keep
 
     def _post(self, events: list[Entry]) -> Answer:
