@@ -152,6 +152,30 @@ class Client:
 
     close = shutdown
 
+    async def aflush(self, timeout: float = 5.0) -> bool:
+        """``flush()`` for async code: awaits the sender's answer without blocking the
+        event loop (other tasks run meanwhile); the same result, by the same deadline.
+
+        The blocking round trip runs in the loop's default executor: a request made while
+        another thread holds this process's connection goes over a connection of its own,
+        so it neither waits for that one nor mixes up their replies. Cancelling the await
+        leaves that thread to finish by ``timeout``."""
+        sink = self._sink
+        if sink is None:
+            return True
+        import asyncio  # here, not at import: most processes never await a flush
+
+        return await asyncio.get_running_loop().run_in_executor(None, sink.flush, timeout)
+
+    async def ashutdown(self, timeout: float = 5.0) -> bool:
+        """``shutdown()`` for async code: :meth:`aflush`, then close this process's file
+        and connection (which takes no wait). Idempotent."""
+        sink = self._sink
+        if sink is None:
+            return True
+        ok = await self.aflush(timeout)
+        return sink.close() and ok
+
     def stats(self, timeout: float = 1.0) -> Stats:
         """This process's counters and, if it answers within ``timeout``, the sender's."""
         sink = self._sink

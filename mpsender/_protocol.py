@@ -32,6 +32,7 @@ import logging
 import select
 import socket
 import time
+import types
 from typing import Any
 
 import msgpack
@@ -118,7 +119,31 @@ def _wait(sock: socket.socket, events: int, deadline: float) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise NoAnswer("no answer in time")
-    poller = select.poll()
-    poller.register(sock, events | select.POLLHUP)
-    if not poller.poll(remaining * 1000):
+    if _green():
+        ready = _wait_green(sock, events, remaining)
+    else:
+        poller = select.poll()
+        poller.register(sock, events | select.POLLHUP)
+        ready = bool(poller.poll(remaining * 1000))
+    if not ready:
         raise NoAnswer("no answer in time")
+
+
+def _green() -> bool:
+    """Has a green-thread library (gevent, eventlet) replaced ``select.select``?
+
+    Then the wait must go through its hub, or every other greenlet of the process stops
+    while one flushes. eventlet deletes ``select.poll`` outright; gevent replaces it only
+    when it patches ``select`` aggressively. Looked up at each call: the app may patch
+    after importing mpsender."""
+    return not isinstance(select.select, types.BuiltinFunctionType)
+
+
+def _wait_green(sock: socket.socket, events: int, remaining: float) -> bool:
+    # select() for one descriptor: both libraries make it yield to their hub. (Its
+    # FD_SETSIZE limit does not bite: the hubs do not use the C select underneath.)
+    # A hang-up makes the descriptor readable, and the recv that follows sees it.
+    want_read = [sock] if events & select.POLLIN else []
+    want_write = [sock] if events & select.POLLOUT else []
+    readable, writable, broken = select.select(want_read, want_write, [sock], remaining)
+    return bool(readable or writable or broken)

@@ -149,6 +149,12 @@ CASES = [
     ("sync", False, "import"),
     ("sync", True, "import"),
     ("gthread", True, "import"),
+    # green threads (issue 14): every request is a greenlet; the worker monkey-patches
+    # after the fork, so with --preload the app and mpsender were imported unpatched
+    ("gevent", False, "master"),
+    ("gevent", True, "master"),
+    ("gevent", False, "post_fork"),
+    ("gevent", True, "import"),
 ]
 
 
@@ -164,6 +170,8 @@ def test_every_request_gives_one_event_through_one_sender(
     args = ["-w", "4", "-k", worker_class]
     if worker_class == "gthread":
         args += ["--threads", "4"]
+    if worker_class == "gevent":
+        args += ["--worker-connections", "50"]
     if preload:
         args.append("--preload")
     conf, app = _wiring(tmp_path, how)
@@ -180,6 +188,38 @@ def test_every_request_gives_one_event_through_one_sender(
     assert psutil.Process(server.pid).num_threads() == 1
     assert server.stop() == 0, server.output()
     assert len(set(collector.message_ids())) == n  # nothing more came with the stop
+
+
+def _eventlet_worker_missing() -> str | None:
+    from gunicorn.workers import SUPPORTED_WORKERS
+
+    if "eventlet" not in SUPPORTED_WORKERS:
+        import gunicorn
+
+        return (f"gunicorn {gunicorn.__version__} has no eventlet worker (gunicorn.workers.SUPPORTED_WORKERS "
+                "lists none: deprecated in 26.0, removed by benoitc/gunicorn#3623); eventlet itself "
+                "is covered by test_green.py")
+    return None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preload", [False, True], ids=["nopreload", "preload"])
+def test_eventlet_workers_give_one_event_per_request_through_one_sender(
+        preload: bool, tmp_path: Path, collector: Collector, runtime_dir: str, env: dict[str, str],
+        servers: list[Gunicorn]) -> None:
+    """-k eventlet, where the installed gunicorn still has it: N requests, N events, one sender."""
+    missing = _eventlet_worker_missing()
+    if missing:
+        pytest.skip(missing)
+    server = Gunicorn(tmp_path, env, ["-w", "4", "-k", "eventlet", *(["--preload"] if preload else [])])
+    servers.append(server)
+    server.start()
+    n = 160
+    with SenderWatch(runtime_dir) as watch:
+        load = run_load(server.url, range(n))
+    assert_delivered(collector, set(range(n)), load.ok(), server, exact=True)
+    assert len(watch.seen) == 1, f"senders seen during the load: {watch.seen}"
+    assert server.stop() == 0, server.output()
 
 
 EXPLICIT_APP = '''"""The example app, with init(...) options in code at import and nothing in the environment."""
