@@ -89,6 +89,7 @@ class Client:
         self._enrich = options.enrich
         self._context_needed = bool(self._context) or self._enrich
         self._ids = MessageIds()
+        self._fork_claims: dict[int, object] = {}
         if sink is None and not options.disabled:
             sink = SenderSink(options, prepare_paths(options))
         self._sink: Sink | None = sink
@@ -120,10 +121,25 @@ class Client:
         return sink.paths
 
     def _forked(self) -> None:
-        """In a fork child: new message ids, and the sink lets go of the parent's files."""
-        self._ids.reset()
+        """In a fork child: the sink lets go of the parent's files, then new message ids.
+
+        Once per child, by one thread. A child forked without Python's at-fork hooks
+        (uWSGI's workers, a C extension's ``fork()``) finds out by its pid, perhaps in
+        several threads at once: the first claims the reset (``dict.setdefault`` is
+        atomic), the others wait the microseconds it takes. ``_ids.pid`` changes last,
+        so no thread writes through a half-reset sink or reuses the parent's ids.
+        """
+        pid = _getpid()
+        mine = object()
+        claims = self._fork_claims
+        if claims.setdefault(pid, mine) is not mine:
+            while self._ids.pid != pid:
+                time.sleep(0)  # another thread of this child is resetting
+            return
         if self._sink is not None:
             self._sink.after_fork()
+        self._ids.reset()
+        self._fork_claims = {pid: mine}  # forget the parent's claims
 
     # --- lifecycle -------------------------------------------------------------------
 

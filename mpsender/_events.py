@@ -63,11 +63,11 @@ class MessageIds:
         self.reset()
 
     def reset(self) -> None:
-        self.pid = os.getpid()
         prefix = bytearray(os.urandom(8))
         prefix[6] = (prefix[6] & 0x0F) | 0x40
         self.prefix = bytes(prefix)
         self.seq = itertools.count(0x8000_0000_0000_0000)
+        self.pid = os.getpid()  # last: a thread that sees the new pid sees the new ids
 
     def next(self) -> bytes:
         return self.prefix + next(self.seq).to_bytes(8, "big")
