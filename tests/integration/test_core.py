@@ -7,8 +7,8 @@ children); the collector is a real HTTP server on 127.0.0.1.
 from __future__ import annotations
 
 import base64
-import json
 import fcntl
+import json
 import os
 import re
 import signal
