@@ -13,12 +13,19 @@ from __future__ import annotations
 
 import itertools
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
-from support import REPO, SenderWatch, ServerProcess, app_env, assert_delivered, free_port, one_sender, run_load
+from support import (
+    REPO,
+    HttpServer,
+    SenderWatch,
+    assert_delivered,
+    free_port,
+    gunicorn_control_args,
+    one_sender,
+    run_load,
+)
 
 from mpsender._collector import Collector
 
@@ -28,47 +35,12 @@ N = 200
 _names = itertools.count()
 
 
-class HttpServer(ServerProcess):
-    """A server of an example app on a free port of 127.0.0.1, ready once /health answers."""
-
-    def __init__(self, name: str, cmd: list[str], env: dict[str, str], cwd: Path, tmp_path: Path,
-                 port: int) -> None:
-        self.name = name
-        self.url = f"http://127.0.0.1:{port}"
-        super().__init__(cmd, env, cwd, tmp_path / f"{name}-{next(_names)}.log")
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(self.url + "/health", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-
 def gunicorn(tmp_path: Path, env: dict[str, str], example: str, app: str, args: list[str]) -> HttpServer:
-    from gunicorn.config import KNOWN_SETTINGS
-
-    # gunicorn 25+ serves a control socket from a thread in the master: not wanted here
-    control = ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
     port = free_port()
     cwd = EXAMPLES / example
     cmd = [sys.executable, "-m", "gunicorn", "--chdir", str(cwd), "-b", f"127.0.0.1:{port}",
-           "--graceful-timeout", "20", *control, *args, app]
-    return HttpServer("gunicorn", cmd, env, cwd, tmp_path, port)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[HttpServer]]:
-    """Every server a test starts; each process group is SIGKILLed at teardown."""
-    made: list[HttpServer] = []
-    yield made
-    for server in made:
-        server.kill()
-
-
-@pytest.fixture
-def env(collector: Collector, runtime_dir: str) -> dict[str, str]:
-    """mpsender configured through MPSENDER_* for the servers: a fast sender, a 10 s linger."""
-    return app_env(collector.url, runtime_dir, flush_interval=0.05, linger=10)
+           "--graceful-timeout", "20", *gunicorn_control_args(), *args, app]
+    return HttpServer(cmd, env, cwd, tmp_path / f"gunicorn-{next(_names)}.log", port, name="gunicorn")
 
 
 def _serve_and_count(server: HttpServer, servers: list[HttpServer], collector: Collector, runtime_dir: str,
@@ -116,7 +88,8 @@ def test_fastapi_under_uvicorn_workers(tmp_path: Path, collector: Collector, run
     cwd = EXAMPLES / "fastapi_app"
     cmd = [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(cwd), "--host", "127.0.0.1",
            "--port", str(port), "--workers", "2", "--no-access-log"]
-    _serve_and_count(HttpServer("uvicorn", cmd, env, cwd, tmp_path, port), servers, collector, runtime_dir)
+    server = HttpServer(cmd, env, cwd, tmp_path / f"uvicorn-{next(_names)}.log", port, name="uvicorn")
+    _serve_and_count(server, servers, collector, runtime_dir)
 
 
 def test_flask_under_gunicorn_gthread(tmp_path: Path, collector: Collector, runtime_dir: str,

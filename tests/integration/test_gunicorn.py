@@ -12,7 +12,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -20,12 +19,13 @@ import psutil
 import pytest
 from support import (
     REPO,
+    HttpServer,
     Load,
     SenderWatch,
-    ServerProcess,
     app_env,
     assert_delivered,
     free_port,
+    gunicorn_control_args,
     live_sender_pids,
     one_sender,
     run_load,
@@ -38,69 +38,27 @@ EXAMPLE = REPO / "examples" / "gunicorn_app"
 _names = itertools.count()
 
 
-def _control_socket_args() -> list[str]:
-    """Recent gunicorn (27 here) opens a control socket (in $HOME), served by a thread in
-    the master: not wanted here (the master must stay thread-free; servers must not share it)."""
-    from gunicorn.config import KNOWN_SETTINGS
-
-    names = {s.name for s in KNOWN_SETTINGS}
-    return ["--no-control-socket"] if "control_socket_disable" in names else []
-
-
-class Gunicorn(ServerProcess):
+class Gunicorn(HttpServer):
     """One gunicorn master (and its workers) in a session of its own."""
 
     name = "gunicorn"
 
     def __init__(self, tmp_path: Path, env: dict[str, str], args: list[str], *,
                  conf: Path = EXAMPLE / "gunicorn.conf.py", app: str = "app:app") -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        port = free_port()
         cmd = [
             sys.executable, "-m", "gunicorn", "-c", str(conf), "--chdir", str(EXAMPLE),
-            "--pythonpath", f"{EXAMPLE},{tmp_path}", "-b", f"127.0.0.1:{self.port}",
-            "--graceful-timeout", "20", *_control_socket_args(), *args, app,
+            "--pythonpath", f"{EXAMPLE},{tmp_path}", "-b", f"127.0.0.1:{port}",
+            "--graceful-timeout", "20", *gunicorn_control_args(), *args, app,
         ]
-        super().__init__(cmd, env, EXAMPLE, tmp_path / f"gunicorn-{next(_names)}.log")
+        super().__init__(cmd, env, EXAMPLE, tmp_path / f"gunicorn-{next(_names)}.log", port)
 
     def start(self, timeout: float = 30.0) -> Gunicorn:
         super().start(timeout)
         return self
 
-    def ready(self) -> bool:
-        try:
-            return httpx.get(self.url + "/health", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def workers(self) -> list[int]:
-        """Live worker pids (children of the master that are not a sender launcher)."""
-        out = []
-        for child in psutil.Process(self.pid).children():
-            try:
-                if child.status() != psutil.STATUS_ZOMBIE and "mpsender._sender" not in child.cmdline():
-                    out.append(child.pid)
-            except psutil.NoSuchProcess:
-                continue
-        return out
-
     def signal(self, sig: int) -> None:
         os.kill(self.pid, sig)
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Gunicorn]]:
-    """Every gunicorn a test starts; each process group is SIGKILLed at teardown."""
-    made: list[Gunicorn] = []
-    yield made
-    for server in made:
-        server.kill()
-
-
-@pytest.fixture
-def env(collector: Collector, runtime_dir: str) -> dict[str, str]:
-    """mpsender configured through MPSENDER_* for the servers: a fast sender, a 10 s linger."""
-    return app_env(collector.url, runtime_dir, flush_interval=0.05, linger=10)
 
 
 # --- init() wired every way ------------------------------------------------------------
