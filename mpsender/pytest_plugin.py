@@ -31,7 +31,8 @@ __all__ = ["mpsender_events"]
 _TESTING_ENV = "MPSENDER_TESTING"
 _SEND_HELP = ("let this test run send events (by default the mpsender plugin sets MPSENDER_TESTING=1: "
               "nothing is sent, whatever MPSENDER_* or init() say)")
-_saved = pytest.StashKey[tuple[bool, str | None]]()
+#: the variable's value before the plugin set it (None: unset); absent when the run opted out
+_before = pytest.StashKey[str | None]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -47,16 +48,15 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     send = early_config.known_args_namespace.mpsender_send or early_config.getini("mpsender_send")
     if send:
         return
-    early_config.stash[_saved] = (True, os.environ.get(_TESTING_ENV))
+    early_config.stash[_before] = os.environ.get(_TESTING_ENV)
     os.environ[_TESTING_ENV] = "1"
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     # an in-process run (pytester) gives the environment back as it found it
-    saved = config.stash.get(_saved, None)
-    if saved is None:
+    if _before not in config.stash:
         return
-    _, before = saved
+    before = config.stash[_before]
     if before is None:
         os.environ.pop(_TESTING_ENV, None)
     else:

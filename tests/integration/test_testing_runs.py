@@ -307,3 +307,22 @@ def test_tracking_outside_capture_tells_the_failing_test_what_to_do(tmp_path: Pa
     assert "track('Signup') outside mpsender.testing.capture() in a test run" in report, output(proc)
     assert "use the mpsender_events fixture" in report, output(proc)
     assert_nothing_sent(collector, runtime_dir)
+
+
+def test_an_in_process_run_gives_the_environment_back(tmp_path: Path, collector: Collector, runtime_dir: str) -> None:
+    """pytest.main() in a process (as pytester runs do): MPSENDER_TESTING is "1" during the
+    run and as it was afterwards, unset or the caller's own value."""
+    (tmp_path / "pytest.ini").write_text("[pytest]\n")
+    (tmp_path / "test_env.py").write_text("import os\n\ndef test_set():\n"
+                                          "    assert os.environ['MPSENDER_TESTING'] == '1'\n")
+    code = textwrap.dedent('''
+        import os, pytest
+        for before in (None, "0"):
+            if before is not None:
+                os.environ["MPSENDER_TESTING"] = before
+            assert pytest.main(["-q", "-p", "no:cacheprovider", "test_env.py"]) == 0
+            assert os.environ.get("MPSENDER_TESTING") == before, os.environ.get("MPSENDER_TESTING")
+        print("restored")
+    ''')
+    proc = run(["-c", code], tmp_path, user_env(collector, runtime_dir))
+    assert proc.returncode == 0 and "restored" in proc.stdout, output(proc)
