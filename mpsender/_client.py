@@ -21,10 +21,11 @@ from ._events import (
     to_timestamp,
 )
 from ._exceptions import EventTooLargeError, EventTypeError, InvalidEventError, MpsenderError
-from ._options import Options, resolve_options
+from ._options import Options, env_testing, resolve_options
 from ._paths import Paths, prepare_paths
 from ._sink import SenderSink, Sink
 from ._stats import ProcessStats, SenderStats, Stats
+from ._testrun import outside_capture
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ class Client:
             sink = SenderSink(options, prepare_paths(options))
         self._sink: Sink | None = sink
         self._off = sink is None
+        # a test run (MPSENDER_TESTING): a call that goes nowhere says how to capture it
+        self._test_run = self._off and env_testing()
         _clients.add(self)
 
     def _use(self, options: Options, sink: Sink) -> Callable[[], None]:
@@ -218,6 +221,8 @@ class Client:
     ) -> None:
         """Record that ``user_id`` (or ``anonymous_id``) did ``event``."""
         if self._off:
+            if self._test_run:
+                outside_capture(f"track({event!r})")
             return
         if event.__class__ is not str or not event:
             self._check(require_name, event, "event")
@@ -238,6 +243,8 @@ class Client:
     ) -> None:
         """Tie ``user_id`` to ``traits``."""
         if self._off:
+            if self._test_run:
+                outside_capture("identify()")
             return
         rec: dict[str, Any] = {"t": "identify"}
         if traits is not None:
@@ -252,6 +259,8 @@ class Client:
     ) -> None:
         """Associate the user with ``group_id`` (an account, a company)."""
         if self._off:
+            if self._test_run:
+                outside_capture("group()")
             return
         rec: dict[str, Any] = {"t": "group", "g": self._check(self._id_str, group_id, "group_id")}
         if traits is not None:
@@ -265,6 +274,8 @@ class Client:
     ) -> None:
         """Merge the identity ``previous_id`` into ``user_id``."""
         if self._off:
+            if self._test_run:
+                outside_capture("alias()")
             return
         rec: dict[str, Any] = {"t": "alias", "pv": self._check(self._id_str, previous_id, "previous_id")}
         self._emit(rec, self._check(self._id_str, user_id, "user_id"), None, context, timestamp,
@@ -305,6 +316,8 @@ class Client:
         in ``stats().process.rejected``). Only a non-exception ``exc`` raises.
         """
         if self._off:
+            if self._test_run:
+                outside_capture("capture_error()")
             return
         props = self._check(error_properties, exc)
         host = f"host:{socket.gethostname()}"
@@ -335,6 +348,8 @@ class Client:
     def _view(self, kind: str, name: Any, category: Any, user_id: Any, anonymous_id: Any,
               properties: Any, context: Any, timestamp: Any, message_id: Any, integrations: Any) -> None:
         if self._off:
+            if self._test_run:
+                outside_capture(f"{kind}()")
             return
         rec: dict[str, Any] = {"t": kind}
         if name is not None:
