@@ -38,9 +38,10 @@ A second table shows where the sender's CPU goes per event: its IO thread
 (connections, control, doorbells), its uploader thread (tail the spool, decode, encode,
 cut batches) and its poster thread (gzip, POST, commit), told apart by creation order.
 
-Then the gunicorn benchmark's CPU per request (``bench_gunicorn.run_row`` with its
-``--quick`` counts: 4 sync workers, one event per request, flat out; less its
-no-tracking row), unless ``--no-gunicorn``. Nothing leaves 127.0.0.1.
+Then the gunicorn benchmark's CPU per request (``bench_gunicorn.run_row``, one round of
+its default 3,000 requests: 4 sync workers, one event per request, flat out; less its
+no-tracking row; CPU in 10 ms ticks, so ±3 µs per request at best), unless
+``--no-gunicorn``. Nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -220,8 +221,10 @@ def gunicorn_rows(args: argparse.Namespace, workdir: str) -> list[dict[str, Any]
     """bench_gunicorn's quick rows: CPU per request less its no-tracking row."""
     import bench_gunicorn as bg
 
-    g_args = argparse.Namespace(requests=600, warmup=100, concurrency=8, workers=args.gunicorn_workers,
-                                settle=5.0, preload=True)
+    # one round of bench_gunicorn's default counts: its CPU comes from psutil in ticks of
+    # 10 ms, which --quick's 600 requests would turn into steps of ~17 µs per request
+    g_args = argparse.Namespace(requests=args.gunicorn_requests, warmup=300, concurrency=8,
+                                workers=args.gunicorn_workers, settle=5.0, preload=True)
     wd = Path(workdir) / "gunicorn"
     wd.mkdir()
     (wd / "bench_app.py").write_text(bg.APP)
@@ -255,6 +258,7 @@ def main() -> int:
     ap.add_argument("--only", default="", help="comma-separated substrings of library labels")
     ap.add_argument("--no-gunicorn", dest="gunicorn", action="store_false")
     ap.add_argument("--gunicorn-workers", type=int, default=4)
+    ap.add_argument("--gunicorn-requests", type=int, default=3000, help="measured requests per gunicorn row")
     ap.add_argument("--no-sender-threads", dest="sender_threads", action="store_false",
                     help="leave out the table of mpsender's sender CPU by thread")
     ap.add_argument("--quick", action="store_true", help="--seconds 1.5 --no-gunicorn")
