@@ -69,7 +69,7 @@ def padded_properties(size: int) -> dict[str, Any]:
 
 def realistic_properties(w: int, seq: int) -> dict[str, Any]:
     """A fresh, request-like property dict for event ``seq`` of producer ``w``: 20 keys,
-    nested three deep, ~600 bytes as JSON, every value derived from ``(w, seq)`` so no two
+    nested three deep, ~650 bytes as compact JSON, every value derived from ``(w, seq)`` so no two
     events are the same object or the same content (a library cannot win by caching).
 
     The paced benchmark builds one per event in the app loop AND in its no-tracking

@@ -193,12 +193,18 @@ def render(rows: list[dict[str, Any]], gunicorn: list[dict[str, Any]] | None, ar
                      f"| {sender} | {sender_loop} | {host} | {ratio} | {delivered} |")
     if gunicorn:
         for g in gunicorn:
+            g_sender = "-" if g["net_us"] is None else "0"  # the baseline: no library; a peer: no sender
             lines.append(f"| flat out ({g['rps']:,.0f} req/s) | {args.gunicorn_workers} gunicorn workers "
                          f"| {g['label']} | - | {fmt(g['app_us'], '.1f')} | {fmt(g['net_us'], '.1f')} "
-                         f"| {fmt(g['sender_us'], '.1f') if g['sender_us'] is not None else '0'} | - "
-                         f"| {fmt(g['host_us'], '.1f')} | - | {g['delivered']:,}/{g['total']:,} "
-                         f"{'✓' if g['delivered'] == g['total'] else '✗ INCOMPLETE'} |")
+                         f"| {fmt(g['sender_us'], '.1f') if g['sender_us'] is not None else g_sender} | - "
+                         f"| {fmt(g['host_us'], '.1f')} | - | {delivered_text(g['delivered'], g['total'])} |")
     return "\n".join(lines)
+
+
+def delivered_text(delivered: int | None, total: int | None) -> str:
+    if delivered is None or total is None:
+        return "- (baseline: nothing tracked)"
+    return f"{delivered:,}/{total:,} {'✓' if delivered == total else '✗ INCOMPLETE'}"
 
 
 def render_threads(rows: list[dict[str, Any]]) -> str:
@@ -239,6 +245,8 @@ def gunicorn_rows(args: argparse.Namespace, workdir: str) -> list[dict[str, Any]
         sender_us = None if res["sender_cpu_ms"] is None else res["sender_cpu_ms"] * 1000
         if lib == "none":
             base_us = app_us
+            out.append({"label": f"gunicorn: {label} (baseline)", "rps": res["rps"], "app_us": app_us,
+                        "net_us": None, "sender_us": None, "host_us": None, "delivered": None, "total": None})
             continue
         net = app_us - base_us if base_us is not None else float("nan")
         out.append({"label": f"gunicorn: {label}", "rps": res["rps"], "app_us": app_us, "net_us": net,
