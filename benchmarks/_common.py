@@ -67,6 +67,48 @@ def padded_properties(size: int) -> dict[str, Any]:
     return base
 
 
+def realistic_properties(w: int, seq: int) -> dict[str, Any]:
+    """A fresh, request-like property dict for event ``seq`` of producer ``w``: 20 keys,
+    nested three deep, ~650 bytes as compact JSON, every value derived from ``(w, seq)`` so no two
+    events are the same object or the same content (a library cannot win by caching).
+
+    The paced benchmark builds one per event in the app loop AND in its no-tracking
+    baseline, so the builder's cost cancels out of the figures.
+    """
+    k = seq * 7919 + w * 104_729
+    return {
+        "order_id": f"ord-{w}-{seq:09d}",
+        "revenue": round(5 + (k % 20_000) / 100, 2),
+        "currency": ("EUR", "USD", "GBP", "JPY")[seq % 4],
+        "items": 1 + k % 7,
+        "coupon": None if seq % 5 else f"SAVE{k % 40}",
+        "first_order": seq % 11 == 0,
+        "skus": [f"sku-{(k + j * 31) % 9973}" for j in range(1 + seq % 4)],
+        "shipping": {"method": ("express", "standard", "pickup")[k % 3], "days": k % 6,
+                     "address": {"city": ("Lyon", "Leeds", "Porto", "Graz")[k % 4],
+                                 "country": ("FR", "GB", "PT", "AT")[k % 4], "zip": f"{k % 99_999:05d}"}},
+        "page": {"path": f"/checkout/step-{seq % 4}", "referrer": f"/cart?s={k % 997}", "title": "Checkout"},
+        "campaign": {"source": ("mail", "search", "social")[k % 3], "medium": "email",
+                     "name": f"w{k % 12}"},
+        "session_id": f"sess-{w}-{seq // 40:07d}",
+        "request_id": f"{k:012x}",
+        "latency_ms": round((k % 9_000) / 37, 2),
+        "experiment": {"name": "checkout-v2", "variant": "ab"[seq % 2], "bucket": k % 100},
+        "device": {"type": ("desktop", "mobile")[k % 2], "os": ("Linux", "iOS", "Android")[k % 3],
+                   "browser": f"Firefox {120 + k % 14}"},
+        "client_ts": time.time(),
+        "locale": ("fr-FR", "en-GB", "pt-PT", "de-AT")[k % 4],
+        "cart_eur": round((k % 50_000) / 97, 2),
+        "w": w,
+        "seq": seq,
+    }
+
+
+def realistic_user_id(w: int, seq: int) -> str:
+    """A user id that varies as it would across requests (one user per ~25 events)."""
+    return f"user-{w}-{(seq * 7919) % 40_000 // 25:05d}"
+
+
 # --- the machine -------------------------------------------------------------------------
 
 

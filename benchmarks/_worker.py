@@ -8,6 +8,10 @@ Roles:
   line of results. Without ``finish`` it leaves through ``os._exit`` right after
   printing, so a peer's exit-time flush is not waited for (that run measures the calling
   thread only).
+* ``paced``: one producer of ``bench_paced.py``: ``lib`` (or ``"none"``, the baseline that
+  builds the same events and does not track them) called for ``n`` fresh events at
+  ``rate`` events/s on absolute deadlines, then the library's exit flush; prints the
+  process's CPU (every thread) over the loop and over loop + flush.
 * ``floor``: the same timing loop around ``msgpack.packb`` of mpsender's record, a bare
   ``send()`` of its frame on a SOCK_SEQPACKET socket drained by a forked reader, and an
   ``os.write`` of it to an O_APPEND file.
@@ -26,6 +30,7 @@ import os
 import resource
 import socket
 import sys
+import threading
 import time
 import zlib
 from collections.abc import Callable
@@ -33,7 +38,17 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import EVENT, PROPERTIES, USER_ID, WRITE_KEY, padded_properties, rss_kib, summarize_ns
+from _common import (
+    EVENT,
+    PROPERTIES,
+    USER_ID,
+    WRITE_KEY,
+    padded_properties,
+    realistic_properties,
+    realistic_user_id,
+    rss_kib,
+    summarize_ns,
+)
 
 pc = time.perf_counter_ns
 
@@ -162,6 +177,75 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+# --- paced: request-like rates ---------------------------------------------------------------
+
+
+def _track_call(lib: str, client: Any) -> Callable[[str, dict[str, Any]], bool]:
+    """``call(user_id, properties) -> accepted`` for ``lib``; ``"none"`` tracks nothing."""
+    if lib == "none":
+        return lambda uid, props: True
+    if lib == "mpsender":
+        track = client.track
+
+        def mp(uid: str, props: dict[str, Any]) -> bool:
+            track(EVENT, user_id=uid, properties=props)
+            return True
+
+        return mp
+    if lib == "segment":
+        seg_track = client.track
+        return lambda uid, props: bool(seg_track(uid, EVENT, props)[0])  # False: their queue was full
+    capture = client.capture
+    return lambda uid, props: capture(EVENT, distinct_id=uid, properties=props) is not None
+
+
+def paced(spec: dict[str, Any]) -> dict[str, Any]:
+    """``n`` events at ``rate``/s: event i is built and tracked at ``t0 + i / rate`` (absolute
+    deadlines: a late event does not push the later ones back), then the exit flush.
+
+    CPU is ``time.process_time()`` (CLOCK_PROCESS_CPUTIME_ID: user + system of every thread
+    of this process, a peer's upload thread included, in ns, where /proc's ticks of 10 ms
+    would be 20 µs per event at 100 events/s over 5 s)."""
+    lib, w, n, rate = spec["lib"], int(spec["w"]), int(spec["n"]), float(spec["rate"])
+    if lib == "none":
+        client: Any = None
+
+        def finish() -> None:
+            pass
+    else:
+        client, finish = setup(lib, spec)
+    call = _track_call(lib, client)
+    build, user = realistic_properties, realistic_user_id
+    call(user(w, -1), build(w, -1))  # warm: the library's lazy setup (a file, a thread) is not per event
+    gc.collect()
+    print("ready", flush=True)
+    if sys.stdin.readline().strip() != "go":
+        raise SystemExit("no go")
+    interval = 1.0 / rate
+    monotonic, sleep, cpu = time.monotonic, time.sleep, time.process_time
+    dropped = late = 0
+    cpu0 = cpu()
+    t0 = monotonic()
+    for i in range(n):
+        delay = t0 + i * interval - monotonic()
+        if delay > 0:
+            sleep(delay)
+        elif delay < -interval:
+            late += 1
+        if not call(user(w, i), build(w, i)):
+            dropped += 1
+    t_loop = monotonic()
+    cpu_loop = cpu() - cpu0
+    finish()
+    t_finished = monotonic()
+    cpu_all = cpu() - cpu0
+    result = {"lib": lib, "w": w, "n": n, "rate": rate, "dropped": dropped, "late": late,
+              "t_first": t0, "t_loop": t_loop, "t_finished": t_finished,
+              "cpu_loop": cpu_loop, "cpu": cpu_all, "threads": threading.active_count()}
+    print(json.dumps(result), flush=True)
+    os._exit(0)  # nothing more to pay for: mpsender's events are in its spool file, a peer has flushed
+
+
 # --- the floor ----------------------------------------------------------------------------------
 
 
@@ -267,7 +351,9 @@ def blast(spec: dict[str, Any]) -> dict[str, Any]:
 
 def main() -> int:
     spec = json.loads(sys.argv[1])
-    if spec["role"] == "floor":
+    if spec["role"] == "paced":
+        paced(spec)
+    elif spec["role"] == "floor":
         floor(spec)
     elif spec["role"] == "blast":
         blast(spec)

@@ -155,7 +155,7 @@ def _drain_one_thread(up: Uploader, events: int, prof: cProfile.Profile | None) 
         batch = up._collect()
         if batch is None:
             break
-        up._deliver(batch)
+        up.deliver(batch)
         done += sum(1 for e in batch if e.payload is not None)
     if prof:
         prof.disable()

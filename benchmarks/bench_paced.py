@@ -1,0 +1,326 @@
+"""What analytics costs the host at request-like rates (issue 15, point 1): CPU per event of
+the app processes and of mpsender's sender, side by side with segment-analytics-python
+and posthog, in ONE run.
+
+    .venv/bin/python benchmarks/bench_paced.py            # ~5 min on 2 cores
+    .venv/bin/python benchmarks/bench_paced.py --quick    # 1.5 s per row, no gunicorn: a smoke run
+    .venv/bin/python benchmarks/bench_paced.py --seconds 10 --rates 1000 --only mpsender
+
+A tight loop says what one call costs; a web app tracks a few events per request, so at
+100 to 10,000 events/s in all the sender's fixed costs (waking up, a request per batch)
+are spread over few events. Each row: ``--rates`` events/s in total over 1 and 4 producer
+processes (``--producers``), each a fresh interpreter that paces itself (event i at
+``t0 + i / rate``, absolute deadlines) for ``--seconds`` (or ``--max-events`` per
+producer, whichever is fewer events), building a fresh request-like event per call
+(``_common.realistic_properties``: 20 keys, nested, ~650 B as JSON, values varying).
+
+* app µs/event: CPU of every producer process (all threads, so a peer's upload thread is
+  here), from the first paced event to the end of the library's exit flush, per event,
+  LESS the same per event in the baseline row with the same rate and producers: the same
+  builder, the same pacing, no tracking (``none``). What is left is what the library
+  costs the app. A negative figure is noise.
+* sender µs/event: CPU of mpsender's sender process (every thread, ns clock) from the
+  start signal until the collector holds every event; 0 for the peers (they have no
+  sender process: their upload threads are in the app column).
+* host µs/event = app + sender: what the host pays. The collector (the local stand-in
+  for the endpoint, in its own process) is not counted.
+* delivered/tracked: distinct message ids at the collector over events tracked (the
+  producers' warm-up event included); ✗ marks a row missing any. "(behind)": the
+  producers made less than 95% of the rate (the library, or the busy machine, could not
+  keep up; deadlines are absolute, so a late producer runs flat out until it catches up).
+* sender, loop only: its CPU until every producer's loop has ended, before the drain of
+  the last partial batch and the clean-up after its clients leave (fixed costs of a row
+  that a long-lived worker does not pay per event).
+
+mpsender's sender is started by this parent with the row's options as in
+``bench_compare.py``; a peer makes its client in each producer and flushes at the end.
+A second table shows where the sender's CPU goes per event: its IO thread
+(connections, control, doorbells), its uploader thread (tail the spool, decode, encode,
+cut batches) and its poster thread (gzip, POST, commit), told apart by creation order.
+
+Then the gunicorn benchmark's CPU per request (``bench_gunicorn.run_row``, one round of
+its default 3,000 requests: 4 sync workers, one event per request, flat out; less its
+no-tracking row; CPU in 10 ms ticks, so ±3 µs per request at best), unless
+``--no-gunicorn``. Nothing leaves 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _common import WRITE_KEY, CollectorProcess, Worker, command_line, fmt, machine_line
+from bench_compare import _LINGER, Sender
+
+#: (label, library, options): each library's defaults and its fastest documented setting
+#: (chosen in bench_compare.py, see benchmarks/README.md)
+LIBS: list[tuple[str, str, dict[str, Any]]] = [
+    ("mpsender (defaults)", "mpsender", {}),
+    ("segment (defaults)", "segment", {}),
+    ("segment (fast)", "segment", {"max_queue_size": 1_000_000, "upload_size": 1000}),
+    ("posthog (defaults)", "posthog", {}),
+    ("posthog (fast)", "posthog", {"max_queue_size": 1_000_000, "flush_at": 1000, "gzip": True}),
+]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) of another process, from its CPU-time
+    clock (ns; /proc's ticks are 10 ms). The clock id is Linux's MAKE_PROCESS_CPUCLOCK."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)
+    except OSError:
+        return float("nan")
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds per thread id of ``pid`` (/proc/<pid>/task/*/schedstat, ns)."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            out[int(task.name)] = int((task / "schedstat").read_text().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            continue
+    return out
+
+
+#: the sender's threads in creation order: main (IO), then the uploader, which starts the poster
+SENDER_THREADS = ("io", "uploader", "poster")
+
+
+def run_row(label: str, lib: str, opts: dict[str, Any], rate: float, producers: int, n: int,
+            workdir: str, settle: float) -> dict[str, Any]:
+    """``producers`` paced producers of ``n`` events each at ``rate / producers`` events/s."""
+    collector = CollectorProcess(workdir, "ids", WRITE_KEY)
+    sender = Sender(collector.url, opts) if lib == "mpsender" else None
+    workers: list[Worker] = []
+    try:
+        for w in range(producers):
+            spec = {"role": "paced", "lib": lib, "opts": opts, "url": collector.url, "w": w, "n": n,
+                    "rate": rate / producers, "runtime_dir": sender.runtime_dir if sender else None}
+            if lib == "mpsender":
+                spec["opts"] = {**opts, "linger": _LINGER}
+            workers.append(Worker.start(spec, workdir))
+        for wk in workers:
+            wk.expect("ready")
+        tracked = producers * n + (producers if lib != "none" else 0)  # + each warm-up event
+        collector.target(tracked)
+        s_cpu0 = process_cpu(sender.pid) if sender and sender.pid else 0.0
+        s_threads0 = thread_cpu(sender.pid) if sender and sender.pid else {}
+        for wk in workers:
+            wk.go()
+        results = [wk.result(timeout=n / (rate / producers) + 120) for wk in workers]
+        # every loop has ended (mpsender's producers exit at once): the sender's steady cost,
+        # before the drain and the clean-up after its clients leave
+        s_cpu_loop = process_cpu(sender.pid) - s_cpu0 if sender and sender.pid else 0.0
+        done = collector.wait(settle if lib != "none" else 0.0)
+        requests = collector.stats()["requests"]
+        out: dict[str, Any] = {"requests": requests, "label": label, "lib": lib, "rate": rate, "producers": producers, "n": n,
+                               "tracked": tracked, "delivered": done["distinct"], "stored": done["count"],
+                               "producer_results": results, "stderr_lines": sum(wk.stderr_lines() for wk in workers)}
+        if sender is not None and sender.pid:
+            out["sender_cpu"] = process_cpu(sender.pid) - s_cpu0
+            out["sender_cpu_loop"] = s_cpu_loop
+            after = thread_cpu(sender.pid)
+            tids = sorted(after)
+            out["sender_threads"] = {SENDER_THREADS[i] if i < len(SENDER_THREADS) else f"thread-{i}":
+                                     after[t] - s_threads0.get(t, 0.0) for i, t in enumerate(tids)}
+            out["sender_delivered_at"] = done["done_at"]
+        return out
+    finally:
+        for wk in workers:
+            wk.kill()
+        if sender is not None:
+            sender.close()
+        collector.close()
+
+
+def per_event(r: dict[str, Any]) -> dict[str, float]:
+    """The row's CPU figures in µs per event (tracked events, the warm-ups left out)."""
+    events = r["producers"] * r["n"]
+    res = r["producer_results"]
+    loop = max(p["t_loop"] - p["t_first"] for p in res)
+    return {"app": sum(p["cpu"] for p in res) / events * 1e6,
+            "app_loop": sum(p["cpu_loop"] for p in res) / events * 1e6,
+            "sender": r.get("sender_cpu", 0.0) / events * 1e6,
+            "sender_loop": r.get("sender_cpu_loop", 0.0) / events * 1e6,
+            "achieved": events / loop if loop > 0 else float("nan"),
+            "late": sum(p["late"] for p in res), "dropped": sum(p["dropped"] for p in res)}
+
+
+def render(rows: list[dict[str, Any]], gunicorn: list[dict[str, Any]] | None, args: argparse.Namespace) -> str:
+    base = {(r["rate"], r["producers"]): per_event(r)["app"] for r in rows if r["lib"] == "none"}
+    lines = ["| rate ev/s | producers | library (setting) | achieved ev/s | app µs/ev (gross) | app µs/ev "
+             "(less baseline) | sender µs/ev (to delivery) | sender µs/ev (loop only) | host µs/ev | × mpsender host "
+             "| delivered / tracked |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    host_mp: dict[tuple[float, int], float] = {}
+    for r in rows:
+        if r["lib"] == "mpsender":
+            pe = per_event(r)
+            host_mp[(r["rate"], r["producers"])] = pe["app"] - base.get((r["rate"], r["producers"]), float("nan")) + pe["sender"]
+    for r in rows:
+        key = (r["rate"], r["producers"])
+        pe = per_event(r)
+        net = pe["app"] - base.get(key, float("nan"))
+        if r["lib"] == "none":
+            net_s = sender = sender_loop = host = ratio = "-"
+            delivered = "- (baseline: nothing tracked)"
+        else:
+            net_s = fmt(net, ".1f")
+            sender = fmt(pe["sender"], ".1f") if r["lib"] == "mpsender" else "0"
+            sender_loop = fmt(pe["sender_loop"], ".1f") if r["lib"] == "mpsender" else "0"
+            host_v = net + pe["sender"]
+            host = fmt(host_v, ".1f")
+            mp = host_mp.get(key)
+            ratio = fmt(host_v / mp, ".1f") + "×" if mp and mp > 0 else "-"
+            ok = r["delivered"] == r["tracked"]
+            delivered = f"{r['delivered']:,}/{r['tracked']:,} {'✓' if ok else '✗ INCOMPLETE'}"
+            if r["stored"] != r["delivered"]:
+                delivered += f" ({r['stored'] - r['delivered']} dup)"
+            if pe["dropped"]:
+                delivered += f" ({pe['dropped']:,} dropped in app)"
+        achieved = fmt(pe["achieved"], ",.0f") + (" (behind)" if pe["achieved"] < 0.95 * r["rate"] else "")
+        lines.append(f"| {r['rate']:,.0f} | {r['producers']} | {r['label']} | {achieved} | {pe['app']:.1f} | {net_s} "
+                     f"| {sender} | {sender_loop} | {host} | {ratio} | {delivered} |")
+    if gunicorn:
+        for g in gunicorn:
+            g_sender = "-" if g["net_us"] is None else "0"  # the baseline: no library; a peer: no sender
+            lines.append(f"| flat out ({g['rps']:,.0f} req/s) | {args.gunicorn_workers} gunicorn workers "
+                         f"| {g['label']} | - | {fmt(g['app_us'], '.1f')} | {fmt(g['net_us'], '.1f')} "
+                         f"| {fmt(g['sender_us'], '.1f') if g['sender_us'] is not None else g_sender} | - "
+                         f"| {fmt(g['host_us'], '.1f')} | - | {delivered_text(g['delivered'], g['total'])} |")
+    return "\n".join(lines)
+
+
+def delivered_text(delivered: int | None, total: int | None) -> str:
+    if delivered is None or total is None:
+        return "- (baseline: nothing tracked)"
+    return f"{delivered:,}/{total:,} {'✓' if delivered == total else '✗ INCOMPLETE'}"
+
+
+def render_threads(rows: list[dict[str, Any]]) -> str:
+    lines = ["| rate ev/s | producers | sender µs/ev | IO thread (connections, doorbells, control) "
+             "| uploader (tail, decode, encode, cut) | poster (gzip, POST, commit) | requests (events/request) |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "sender_threads" not in r:
+            continue
+        events = r["producers"] * r["n"]
+        th = r["sender_threads"]
+        cells = " | ".join(fmt(th.get(k, float("nan")) / events * 1e6, ".2f") for k in SENDER_THREADS)
+        req = r["requests"]
+        lines.append(f"| {r['rate']:,.0f} | {r['producers']} | {r['sender_cpu'] / events * 1e6:.2f} | {cells} "
+                     f"| {req:,} ({r['stored'] / max(1, req):,.0f}) |")
+    return "\n".join(lines)
+
+
+def gunicorn_rows(args: argparse.Namespace, workdir: str) -> list[dict[str, Any]]:
+    """bench_gunicorn's quick rows: CPU per request less its no-tracking row."""
+    import bench_gunicorn as bg
+
+    # one round of bench_gunicorn's default counts: its CPU comes from psutil in ticks of
+    # 10 ms, which --quick's 600 requests would turn into steps of ~17 µs per request
+    g_args = argparse.Namespace(requests=args.gunicorn_requests, warmup=300, concurrency=8,
+                                workers=args.gunicorn_workers, settle=5.0, preload=True)
+    wd = Path(workdir) / "gunicorn"
+    wd.mkdir()
+    (wd / "bench_app.py").write_text(bg.APP)
+    for name, text in bg.CONFS.items():
+        (wd / f"conf_{name}.py").write_text(text)
+    wanted = [r for r in bg.ROWS if r[1] == "none" or r[2] in ("-", "post_fork")]
+    out = []
+    base_us = None
+    for label, lib, setup, conf in wanted:
+        res = bg.run_row(lib, setup, conf, g_args, wd)
+        app_us = res["app_cpu_ms"] * 1000
+        sender_us = None if res["sender_cpu_ms"] is None else res["sender_cpu_ms"] * 1000
+        if lib == "none":
+            base_us = app_us
+            out.append({"label": f"gunicorn: {label} (baseline)", "rps": res["rps"], "app_us": app_us,
+                        "net_us": None, "sender_us": None, "host_us": None, "delivered": None, "total": None})
+            continue
+        net = app_us - base_us if base_us is not None else float("nan")
+        out.append({"label": f"gunicorn: {label}", "rps": res["rps"], "app_us": app_us, "net_us": net,
+                    "sender_us": sender_us, "host_us": net + (sender_us or 0.0),
+                    "delivered": res["delivered"], "total": res["total"]})
+        print(f"  gunicorn {label}: done", file=sys.stderr, flush=True)
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rates", default="100,1000,10000", help="total events/s, comma-separated")
+    ap.add_argument("--producers", default="1,4", help="producer processes, comma-separated")
+    ap.add_argument("--seconds", type=float, default=4.0, help="paced seconds per row")
+    ap.add_argument("--max-events", type=int, default=0, help="cap on events per producer (0: none)")
+    ap.add_argument("--settle", type=float, default=15.0, help="seconds to wait for delivery after the loop")
+    ap.add_argument("--only", default="", help="comma-separated substrings of library labels")
+    ap.add_argument("--no-gunicorn", dest="gunicorn", action="store_false")
+    ap.add_argument("--gunicorn-workers", type=int, default=4)
+    ap.add_argument("--gunicorn-requests", type=int, default=3000, help="measured requests per gunicorn row")
+    ap.add_argument("--no-sender-threads", dest="sender_threads", action="store_false",
+                    help="leave out the table of mpsender's sender CPU by thread")
+    ap.add_argument("--quick", action="store_true", help="--seconds 1.5 --no-gunicorn")
+    ap.add_argument("--json", help="write the raw results here")
+    args = ap.parse_args()
+    if args.quick:
+        args.seconds, args.gunicorn = 1.5, False
+    rates = [float(x) for x in args.rates.split(",") if x]
+    counts = [int(x) for x in args.producers.split(",") if x]
+    wanted = [s for s in args.only.split(",") if s]
+    libs = [c for c in LIBS if not wanted or any(s in c[0] for s in wanted)]
+    started = time.monotonic()
+    header = machine_line()
+    print(header, flush=True)
+    workdir = tempfile.mkdtemp(prefix="mpb-work-", dir="/tmp")
+    rows: list[dict[str, Any]] = []
+    gunicorn = None
+    try:
+        for rate in rates:
+            for producers in counts:
+                n = max(1, round(args.seconds * rate / producers))
+                if args.max_events:
+                    n = min(n, args.max_events)
+                for label, lib, opts in [("no tracking (baseline)", "none", {}), *libs]:
+                    row = run_row(label, lib, opts, rate, producers, n, workdir, args.settle)
+                    rows.append(row)
+                    print(f"  {rate:,.0f}/s × {producers}: {label}: {row['delivered']}/{row['tracked']} "
+                          f"at {time.monotonic() - started:.0f} s, load {os.getloadavg()[0]:.1f}",
+                          file=sys.stderr, flush=True)
+        if args.gunicorn:
+            gunicorn = gunicorn_rows(args, workdir)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(f"`{command_line()}`")
+    print()
+    print(f"Paced: {args.seconds:g} s per row (fewer with --max-events), fresh ~650 B events of 20 keys; "
+          "CPU in µs per event; app less the no-tracking baseline of the same rate and producers; "
+          "host = app + sender (the collector not counted).")
+    print()
+    print(render(rows, gunicorn, args))
+    if not args.gunicorn:
+        print("\n(gunicorn's CPU per request: run without --no-gunicorn, or "
+              "`.venv/bin/python benchmarks/bench_gunicorn.py --quick`.)")
+    if args.sender_threads:
+        print()
+        print(render_threads(rows))
+    print(f"\n(run took {time.monotonic() - started:.0f} s; load average at the end "
+          f"{' / '.join(f'{x:.1f}' for x in os.getloadavg())})")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({"machine": header, "command": command_line(), "rows": rows, "gunicorn": gunicorn}, fh, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
