@@ -41,10 +41,10 @@ class CeleryWorker(ServerProcess):
 
     name = "the worker"
 
-    def __init__(self, tmp_path: Path, env: dict[str, str], args: list[str]) -> None:
+    def __init__(self, tmp_path: Path, env: dict[str, str], args: list[str], *, pool: str = "prefork") -> None:
         n = next(_names)
         cmd = [
-            sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", "prefork",
+            sys.executable, "-m", "celery", "-A", "tasks", "worker", "--pool", pool,
             "--loglevel", "INFO", "--without-gossip", "--without-mingle", "--without-heartbeat",
             "--hostname", f"w{n}@localhost", *args,
         ]
@@ -243,6 +243,30 @@ def test_max_tasks_per_child_1_every_task_gives_its_events(
     # every task ran in a child of its own, and they all met one sender
     pids = {e["context"]["pid"] for e in by_event(collector, "Signed Up")}
     assert len(pids) == n, f"{len(pids)} child pids for {n} tasks"
+    assert len(live_sender_pids(runtime_dir)) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool", ["threads", "solo"])
+def test_thread_and_solo_pools_give_every_task_its_events(
+        pool: str, tmp_path: Path, collector: Collector, runtime_dir: str,
+        worker_env: dict[str, str], workers: list[CeleryWorker]) -> None:
+    """--pool threads (4 threads in the main process) and --pool solo: N tasks give exactly
+    N task events and N task-finished events, through one sender."""
+    args = ["--concurrency", "4"] if pool == "threads" else []
+    worker = CeleryWorker(tmp_path, worker_env, args, pool=pool)
+    workers.append(worker)
+    worker.start()
+    n = 24
+    ids = send(worker_env, f"tasks.signup.delay(f'user-{{i}}', 'pro') for i in range({n})")
+    assert collector.wait_for(
+        lambda c: len({e["messageId"] for e in by_event(c, TASK_EVENT)}) >= n, 60), worker.output()
+    signups = unique_per_key(by_event(collector, "Signed Up"), lambda e: e["userId"])
+    assert signups.keys() == {f"user-{i}" for i in range(n)}, worker.output()
+    assert all(len(m) == 1 for m in signups.values()), signups
+    finished = unique_per_key(by_event(collector, TASK_EVENT), lambda e: e["properties"]["task_id"])
+    assert finished.keys() == set(ids) and all(len(m) == 1 for m in finished.values())
+    assert len(set(collector.message_ids())) == 2 * n
     assert len(live_sender_pids(runtime_dir)) == 1
 
 
