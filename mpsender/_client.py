@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import _platform
 from ._enrich import enrichment
 from ._events import (
     MessageIds,
@@ -41,7 +42,7 @@ def _after_fork_in_child() -> None:
         client._forked()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_platform.at_fork_in_child(_after_fork_in_child)
 
 #: short record keys -> the names a before_send hook sees (Segment's)
 _LONG = {
@@ -90,6 +91,7 @@ class Client:
         self._context_needed = bool(self._context) or self._enrich
         self._ids = MessageIds()
         if sink is None and not options.disabled:
+            _platform.require_supported()  # Windows: one clear error naming MPSENDER_DISABLED
             sink = SenderSink(options, prepare_paths(options))
         self._sink: Sink | None = sink
         self._off = sink is None
