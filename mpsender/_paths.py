@@ -140,7 +140,7 @@ class Paths:
 
     base: Path        # the user's runtime directory (0700)
     dest: Path        # this destination's directory (0700)
-    socket: Path      # the sender listens here (SOCK_SEQPACKET)
+    socket: Path      # the sender listens here (SEQPACKET, or a framed stream: _platform)
     lock: Path        # held (flock) by the live sender for its whole life
     doorbell: Path    # one shared byte: "the sender is asleep, ring me"
     log: Path         # the sender's log
