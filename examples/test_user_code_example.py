@@ -7,7 +7,9 @@ at the top to keep the example in one file; in a project it lives in your packag
 Nothing is sent and no sender process is started: inside ``capture()`` (or the
 ``mpsender_events`` fixture of the ``mpsender`` pytest plugin) every call goes
 through the same building and validation as in production -- your ``before_send``
-and super properties included -- and is recorded instead.
+and super properties included -- and is recorded instead. Outside them nothing is
+sent either: the plugin sets MPSENDER_TESTING=1 for the run, whatever your shell
+exports (docs/testing.md).
 """
 
 from __future__ import annotations
@@ -66,9 +68,9 @@ def health() -> str:
 
 
 @pytest.fixture(autouse=True)
-def analytics(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The app configured as in production, with delivery switched off for the test run."""
-    monkeypatch.setenv("MPSENDER_DISABLED", "1")  # or set it in the CI environment / pytest-env
+def analytics() -> Iterator[None]:
+    """The app configured as in production; the plugin's MPSENDER_TESTING=1 keeps it from
+    sending (no key or endpoint is needed)."""
     setup_analytics()
     yield
     mpsender.shutdown()

@@ -5,7 +5,9 @@ microseconds; a sender process shared by the whole host batches, retries and upl
 """
 
 from ._api import (
+    aflush,
     alias,
+    ashutdown,
     capture_error,
     flush,
     get_client,
@@ -46,7 +48,9 @@ __all__ = [
     "Stats",
     "UnserializableError",
     "__version__",
+    "aflush",
     "alias",
+    "ashutdown",
     "capture_error",
     "flush",
     "get_client",

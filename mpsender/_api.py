@@ -147,6 +147,18 @@ def shutdown(timeout: float = 5.0) -> bool:
     return True if client is None else client.shutdown(timeout)
 
 
+async def aflush(timeout: float = 5.0) -> bool:
+    """``flush()`` for async code: the event loop keeps running while it waits."""
+    client = _client
+    return True if client is None else await client.aflush(timeout)
+
+
+async def ashutdown(timeout: float = 5.0) -> bool:
+    """``shutdown()`` for async code: the event loop keeps running while it waits."""
+    client = _client
+    return True if client is None else await client.ashutdown(timeout)
+
+
 def stats(timeout: float = 1.0) -> Stats:
     """Counters of this process and of the sender (None if it does not answer)."""
     return get_client().stats(timeout)

@@ -12,9 +12,9 @@ from typing import Any
 
 from . import _platform
 from ._enrich import enrichment
+from ._error_event import error_properties
 from ._events import (
     MessageIds,
-    error_properties,
     explain_unpackable,
     identity,
     pack,
@@ -22,10 +22,11 @@ from ._events import (
     to_timestamp,
 )
 from ._exceptions import EventTooLargeError, EventTypeError, InvalidEventError, MpsenderError
-from ._options import Options, resolve_options
+from ._options import Options, env_testing, resolve_options
 from ._paths import Paths, prepare_paths
 from ._sink import SenderSink, Sink
 from ._stats import ProcessStats, SenderStats, Stats
+from ._testrun import outside_capture
 
 logger = logging.getLogger(__name__)
 
@@ -90,11 +91,14 @@ class Client:
         self._enrich = options.enrich
         self._context_needed = bool(self._context) or self._enrich
         self._ids = MessageIds()
+        self._fork_claims: dict[int, object] = {}
         if sink is None and not options.disabled:
             _platform.require_supported()  # Windows: one clear error naming MPSENDER_DISABLED
             sink = SenderSink(options, prepare_paths(options))
         self._sink: Sink | None = sink
         self._off = sink is None
+        # a test run (MPSENDER_TESTING): a call that goes nowhere says how to capture it
+        self._test_run = self._off and env_testing()
         _clients.add(self)
 
     def _use(self, options: Options, sink: Sink) -> Callable[[], None]:
@@ -122,10 +126,25 @@ class Client:
         return sink.paths
 
     def _forked(self) -> None:
-        """In a fork child: new message ids, and the sink lets go of the parent's files."""
-        self._ids.reset()
+        """In a fork child: the sink lets go of the parent's files, then new message ids.
+
+        Once per child, by one thread. A child forked without Python's at-fork hooks
+        (uWSGI's workers, a C extension's ``fork()``) finds out by its pid, perhaps in
+        several threads at once: the first claims the reset (``dict.setdefault`` is
+        atomic), the others wait the microseconds it takes. ``_ids.pid`` changes last,
+        so no thread writes through a half-reset sink or reuses the parent's ids.
+        """
+        pid = _getpid()
+        mine = object()
+        claims = self._fork_claims
+        if claims.setdefault(pid, mine) is not mine:
+            while self._ids.pid != pid:
+                time.sleep(0)  # another thread of this child is resetting
+            return
         if self._sink is not None:
             self._sink.after_fork()
+        self._ids.reset()
+        self._fork_claims = {pid: mine}  # forget the parent's claims
 
     # --- lifecycle -------------------------------------------------------------------
 
@@ -154,6 +173,30 @@ class Client:
 
     close = shutdown
 
+    async def aflush(self, timeout: float = 5.0) -> bool:
+        """``flush()`` for async code: awaits the sender's answer without blocking the
+        event loop (other tasks run meanwhile); the same result, by the same deadline.
+
+        The blocking round trip runs in the loop's default executor: a request made while
+        another thread holds this process's connection goes over a connection of its own,
+        so it neither waits for that one nor mixes up their replies. Cancelling the await
+        leaves that thread to finish by ``timeout``."""
+        sink = self._sink
+        if sink is None:
+            return True
+        import asyncio  # here, not at import: most processes never await a flush
+
+        return await asyncio.get_running_loop().run_in_executor(None, sink.flush, timeout)
+
+    async def ashutdown(self, timeout: float = 5.0) -> bool:
+        """``shutdown()`` for async code: :meth:`aflush`, then close this process's file
+        and connection (which takes no wait). Idempotent."""
+        sink = self._sink
+        if sink is None:
+            return True
+        ok = await self.aflush(timeout)
+        return sink.close() and ok
+
     def stats(self, timeout: float = 1.0) -> Stats:
         """This process's counters and, if it answers within ``timeout``, the sender's."""
         sink = self._sink
@@ -180,6 +223,8 @@ class Client:
     ) -> None:
         """Record that ``user_id`` (or ``anonymous_id``) did ``event``."""
         if self._off:
+            if self._test_run:
+                outside_capture(f"track({event!r})")
             return
         if event.__class__ is not str or not event:
             self._check(require_name, event, "event")
@@ -200,6 +245,8 @@ class Client:
     ) -> None:
         """Tie ``user_id`` to ``traits``."""
         if self._off:
+            if self._test_run:
+                outside_capture("identify()")
             return
         rec: dict[str, Any] = {"t": "identify"}
         if traits is not None:
@@ -214,6 +261,8 @@ class Client:
     ) -> None:
         """Associate the user with ``group_id`` (an account, a company)."""
         if self._off:
+            if self._test_run:
+                outside_capture("group()")
             return
         rec: dict[str, Any] = {"t": "group", "g": self._check(self._id_str, group_id, "group_id")}
         if traits is not None:
@@ -227,6 +276,8 @@ class Client:
     ) -> None:
         """Merge the identity ``previous_id`` into ``user_id``."""
         if self._off:
+            if self._test_run:
+                outside_capture("alias()")
             return
         rec: dict[str, Any] = {"t": "alias", "pv": self._check(self._id_str, previous_id, "previous_id")}
         self._emit(rec, self._check(self._id_str, user_id, "user_id"), None, context, timestamp,
@@ -267,6 +318,8 @@ class Client:
         in ``stats().process.rejected``). Only a non-exception ``exc`` raises.
         """
         if self._off:
+            if self._test_run:
+                outside_capture("capture_error()")
             return
         props = self._check(error_properties, exc)
         host = f"host:{socket.gethostname()}"
@@ -297,6 +350,8 @@ class Client:
     def _view(self, kind: str, name: Any, category: Any, user_id: Any, anonymous_id: Any,
               properties: Any, context: Any, timestamp: Any, message_id: Any, integrations: Any) -> None:
         if self._off:
+            if self._test_run:
+                outside_capture(f"{kind}()")
             return
         rec: dict[str, Any] = {"t": kind}
         if name is not None:

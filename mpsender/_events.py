@@ -9,26 +9,21 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
-import hashlib
 import itertools
 import math
 import os
 import re
-import sys
-import sysconfig
 import threading
-import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from decimal import Decimal
-from types import TracebackType
 from typing import Any
 
 import msgpack
 
 from ._exceptions import EventTypeError, InvalidEventError, UnserializableError
 
-__all__ = ["FIELD_NAMES", "MessageIds", "convert", "error_properties", "explain_unpackable", "pack", "to_timestamp", "unpack",
+__all__ = ["FIELD_NAMES", "MessageIds", "convert", "explain_unpackable", "pack", "to_timestamp", "unpack",
            "written_at"]
 
 #: long names of the record's short keys, for error messages
@@ -68,11 +63,11 @@ class MessageIds:
         self.reset()
 
     def reset(self) -> None:
-        self.pid = os.getpid()
         prefix = bytearray(os.urandom(8))
         prefix[6] = (prefix[6] & 0x0F) | 0x40
         self.prefix = bytes(prefix)
         self.seq = itertools.count(0x8000_0000_0000_0000)
+        self.pid = os.getpid()  # last: a thread that sees the new pid sees the new ids
 
     def next(self) -> bytes:
         return self.prefix + next(self.seq).to_bytes(8, "big")
@@ -255,16 +250,16 @@ except (ImportError, AttributeError):  # pragma: no cover - not installed, or to
 def pack(record: dict[str, Any]) -> bytes:
     """msgpack ``record``, or raise (``explain_unpackable`` names the culprit).
 
-    With ormsgpack installed it packs (0.33 µs against 0.70 µs for msgpack's Packer on
-    the benchmark's record). What it refuses (non-str map keys, subclasses of str or
+    With ormsgpack installed it packs, in about half the time of msgpack's Packer
+    (benchmarks/README.md, "The fast extra"). What it refuses (non-str map keys, subclasses of str or
     dict, nesting past MAX_DEPTH, lone surrogates, what ``convert`` refuses) goes to
     msgpack, after ``_checked`` has copied it with its keys made the strings the wire
     sends (two that become one raise) when it has other keys or nests too deep.
 
-    Without ormsgpack, one msgpack Packer per thread: half the cost of
-    ``msgpack.packb``, which builds a new Packer on every call (0.77 µs against 1.57
-    µs). msgpack takes any map key and nests to 1024, and finding out whether a record
-    needs ``_checked`` would take a walk of every event (a large share of what
+    Without ormsgpack, one msgpack Packer per thread: ``msgpack.packb`` builds a new
+    Packer on every call, which doubles the cost (benchmarks/README.md). msgpack takes
+    any map key and nests to 1024, and finding out whether a record needs ``_checked``
+    would take a walk of every event (a large share of what
     ``track()`` costs); so such records are written as they are, and ``unpack`` makes their
     keys strings in the sender (or dead-letters one with two keys that collide).
     """
@@ -293,7 +288,7 @@ def _pack_msgpack(record: dict[str, Any]) -> bytes:
 def unpack(payload: bytes) -> Any:
     """A record as the sender reads it (and ``mpsender.testing``, and ``spool show``).
 
-    ormsgpack when installed (1.0 µs against 1.7 µs per benchmark record); msgpack for
+    ormsgpack when installed (faster than msgpack: benchmarks/README.md); msgpack for
     what it refuses (non-str map keys), with arrays as tuples so that an array used as
     a map key stays hashable, and then map keys made the strings the wire sends (as
     ``track()`` makes them when ormsgpack is installed). Raises ``ValueError`` (or a
@@ -385,103 +380,6 @@ def _bad_timestamp(value: object, why: str) -> InvalidEventError:
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return InvalidEventError(f"timestamp {shown} {why}")
-
-
-# --- capture_error ---------------------------------------------------------------
-
-#: frames kept in an error event's stack (innermost last, as Python prints them)
-MAX_STACK_FRAMES = 30
-_MAX_MESSAGE = 1000
-_SHAPE = re.compile(
-    r"""0x[0-9a-fA-F]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"""
-    r"""|'[^']*'|"[^"]*"|\d+(?:\.\d+)?"""
-)
-_LIBRARY_DIRS = tuple(
-    {os.path.realpath(p) for p in (sysconfig.get_paths().get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")) if p}
-)
-
-
-def message_shape(message: str) -> str:
-    """The message with numbers, hex, UUIDs and quoted strings replaced: stable across occurrences."""
-    return _SHAPE.sub("<*>", message)[:200]
-
-
-def _in_app(filename: str) -> bool:
-    if filename.startswith("<"):
-        return False
-    try:
-        real = os.path.realpath(filename)
-    except (OSError, ValueError):  # a NUL byte, a name the file system refuses
-        return False
-    return not any(real.startswith(d + os.sep) for d in _LIBRARY_DIRS) and "site-packages" not in real
-
-
-def error_properties(exc: BaseException) -> dict[str, Any]:
-    """The properties of a ``$error`` event: type, message, bounded stack, fingerprint.
-
-    Raises only when ``exc`` is not an exception: whatever the exception does (a
-    ``__str__`` that raises, text that is not UTF-8, an odd ``__traceback__``), this
-    gives properties that can be sent, with ``<unprintable ...>`` for what could not be
-    read. It runs in an ``except`` block of the application and must not replace the
-    exception being handled there.
-    """
-    if not isinstance(exc, BaseException):
-        raise EventTypeError(f"capture_error() takes an exception, not {type(exc).__qualname__}")
-    etype = type(exc)
-    type_name = _text(etype.__qualname__ if etype.__module__ == "builtins" else f"{etype.__module__}.{etype.__qualname__}")
-    try:
-        message = _text(str(exc)[:_MAX_MESSAGE])
-    except Exception:  # noqa: BLE001 - a broken __str__ is the app's bug, not a reason to lose the event
-        message = f"<unprintable {type_name}>"
-    try:
-        stack = _stack(exc.__traceback__)
-    except Exception:  # noqa: BLE001 - an odd __traceback__: the event without a stack
-        stack = []
-    anchor = next((f for f in reversed(stack) if f["in_app"]), stack[-1] if stack else None)
-    try:
-        anchor_text = _text(f"{_module_of(str(anchor['filename']))}:{anchor['function']}") if anchor else ""
-    except Exception:  # noqa: BLE001 - an odd sys.path entry: fingerprint without the frame
-        anchor_text = ""
-    fingerprint = hashlib.sha1(
-        f"{type_name}\0{message_shape(message)}\0{anchor_text}".encode(), usedforsecurity=False
-    ).hexdigest()[:16]
-    return {
-        "error_type": type_name,
-        "error_message": message,
-        "stack": stack,
-        "fingerprint": fingerprint,
-        "in_app_frame": anchor_text,
-    }
-
-
-def _stack(tb: TracebackType | None) -> list[dict[str, Any]]:
-    frames = traceback.extract_tb(tb, limit=-MAX_STACK_FRAMES) if tb is not None else []
-    return [
-        {"filename": _text(f.filename), "lineno": f.lineno, "function": _text(f.name), "in_app": _in_app(f.filename)}
-        for f in frames
-    ]
-
-
-def _text(text: str) -> str:
-    """``text`` as valid UTF-8: a lone surrogate (a file name in a foreign encoding,
-    bytes decoded with surrogateescape) becomes its escape, ``\\udcff``."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return text
-
-
-def _module_of(filename: str) -> str:
-    """A path-independent name for a file: the module name where sys.path knows it."""
-    real = os.path.realpath(filename)
-    best = ""
-    for entry in sys.path:
-        root = os.path.realpath(entry or os.getcwd())
-        if real.startswith(root + os.sep) and len(root) > len(best):
-            best = root
-    rel = os.path.relpath(real, best) if best else os.path.basename(real)
-    return rel[:-3].replace(os.sep, ".") if rel.endswith(".py") else rel
 
 
 def require_name(value: Any, what: str) -> str:

@@ -16,7 +16,10 @@ from ._exceptions import ConfigurationError
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "PROXY_DIRECT", "Options", "env_disabled", "redact_url", "resolve_options"]
+__all__ = [
+    "FORMATS", "PROXY_DIRECT", "TESTING_ENV", "Options", "env_disabled", "env_testing", "redact_url",
+    "resolve_options",
+]
 
 FORMATS = ("segment", "posthog", "json")
 ENV_PREFIX = "MPSENDER_"
@@ -24,6 +27,11 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 #: the ``proxy`` value that sends directly, whatever HTTP(S)_PROXY say
 PROXY_DIRECT = "direct"
+#: set by the pytest plugin for a test run (or by hand, for unittest or Django's runner):
+#: nothing is sent whatever else says so, and a call outside ``testing.capture()`` says
+#: how to capture it. Stronger than MPSENDER_DISABLED=0, init(disabled=False) or a write
+#: key in the shell, because a test suite must never send real analytics by accident.
+TESTING_ENV = ENV_PREFIX + "TESTING"
 _PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 
 BeforeSend = Callable[[dict[str, Any]], "dict[str, Any] | None"]
@@ -306,14 +314,24 @@ _DEFAULTS = {f.name: f for f in dataclasses.fields(Options)}
 
 
 def env_disabled(environ: Mapping[str, str] | None = None) -> bool:
-    """True when MPSENDER_DISABLED says so (a bad value warns and counts as not disabled)."""
-    raw = (os.environ if environ is None else environ).get(ENV_PREFIX + "DISABLED")
+    """True when MPSENDER_DISABLED or MPSENDER_TESTING says so (a bad value warns and
+    counts as not set)."""
+    return _env_flag(ENV_PREFIX + "DISABLED", environ) or env_testing(environ)
+
+
+def env_testing(environ: Mapping[str, str] | None = None) -> bool:
+    """True in a test run that must send nothing: MPSENDER_TESTING is set and true."""
+    return _env_flag(TESTING_ENV, environ)
+
+
+def _env_flag(name: str, environ: Mapping[str, str] | None) -> bool:
+    raw = (os.environ if environ is None else environ).get(name)
     if raw is None:
         return False
     try:
         return _parse_bool(raw)
     except ValueError:
-        logger.warning("ignoring MPSENDER_DISABLED=%r: not a boolean", raw)
+        logger.warning("ignoring %s=%r: not a boolean", name, raw)
         return False
 
 
@@ -352,6 +370,8 @@ def resolve_options(explicit: Mapping[str, Any], environ: Mapping[str, str] | No
             logger.warning("ignoring %s%s: %s; using the default", ENV_PREFIX, name.upper(), exc)
             del env[name]
     merged = {**env, **{k: v for k, v in explicit.items() if v is not None or k in _NULLABLE}}
+    if env_testing(os.environ if environ is None else environ):
+        merged["disabled"] = True  # even over an explicit disabled=False: see TESTING_ENV
     return Options(**merged)
 
 

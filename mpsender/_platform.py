@@ -37,6 +37,7 @@ import struct
 import sys
 import threading
 import time
+import types
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -46,7 +47,7 @@ from ._exceptions import ConfigurationError
 
 __all__ = [
     "FEATURES", "MAX_MESSAGE", "MAX_SOCKET_PATH", "MODE_ENV", "Connection", "Features", "FrameError",
-    "PacketConnection", "StreamConnection", "at_fork_in_child", "connection", "detect", "lock",
+    "PacketConnection", "StreamConnection", "at_fork_in_child", "connection", "detect", "green_threads", "lock",
     "nonblocking_pipe", "parse_xucred", "peer_credentials", "require_supported", "unix_socket", "use",
 ]
 
@@ -252,9 +253,7 @@ class StreamConnection(Connection):
         deadline = time.monotonic() + STREAM_STALL
         while rest:
             remaining = deadline - time.monotonic()
-            poller = select.poll()
-            poller.register(self.sock, select.POLLOUT)
-            if remaining <= 0 or not poller.poll(remaining * 1000):
+            if remaining <= 0 or not _writable(self.sock, remaining):
                 self._break()
                 raise BrokenPipeError("the peer did not take a whole message in time")
             try:
@@ -310,6 +309,25 @@ class StreamConnection(Connection):
         msg = bytes(buf[4:4 + size])
         del buf[:4 + size]
         return msg
+
+
+def _writable(sock: socket.socket, timeout: float) -> bool:
+    if green_threads() or not hasattr(select, "poll"):
+        _, writable, broken = select.select([], [sock], [sock], timeout)  # through the hub
+        return bool(writable or broken)
+    poller = select.poll()
+    poller.register(sock, select.POLLOUT)
+    return bool(poller.poll(timeout * 1000))
+
+
+def green_threads() -> bool:
+    """Has a green-thread library (gevent, eventlet) replaced ``select.select``?
+
+    Then the wait must go through its hub, or every other greenlet of the process stops
+    while one flushes. eventlet deletes ``select.poll`` outright; gevent replaces it only
+    when it patches ``select`` aggressively. Looked up at each call: the app may patch
+    after importing mpsender."""
+    return not isinstance(select.select, types.BuiltinFunctionType)
 
 
 class FrameError(OSError):

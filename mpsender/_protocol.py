@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import select
+import socket
 import time
 from typing import Any
 
@@ -38,6 +39,7 @@ import msgpack
 
 from . import _platform
 from ._platform import Connection
+from ._platform import green_threads as _green
 
 __all__ = [
     "FLUSH", "HELLO", "MAX_CONTROL", "REPLY", "STATS", "STOP", "WAKE", "WAKE_FRAME",
@@ -95,12 +97,12 @@ def request(conn: Connection, kind: int, req: int, args: list[Any], deadline: fl
             conn.send(data)
             break
         except BlockingIOError:
-            _wait(conn, select.POLLOUT, deadline)
+            _wait(conn.sock, select.POLLOUT, deadline)
         except OSError as exc:
             raise SenderGone(exc.strerror or str(exc)) from None
     while True:
         if not conn.pending():
-            _wait(conn, select.POLLIN, deadline)
+            _wait(conn.sock, select.POLLIN, deadline)
         try:
             got = conn.recv()
         except BlockingIOError:
@@ -119,11 +121,25 @@ def request(conn: Connection, kind: int, req: int, args: list[Any], deadline: fl
             return msg[2]
 
 
-def _wait(conn: Connection, events: int, deadline: float) -> None:
+def _wait(sock: socket.socket, events: int, deadline: float) -> None:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
         raise NoAnswer("no answer in time")
-    poller = select.poll()
-    poller.register(conn.sock, events | select.POLLHUP)
-    if not poller.poll(remaining * 1000):
+    if _green():
+        ready = _wait_green(sock, events, remaining)
+    else:
+        poller = select.poll()
+        poller.register(sock, events | select.POLLHUP)
+        ready = bool(poller.poll(remaining * 1000))
+    if not ready:
         raise NoAnswer("no answer in time")
+
+
+def _wait_green(sock: socket.socket, events: int, remaining: float) -> bool:
+    # select() for one descriptor: both libraries make it yield to their hub. (Its
+    # FD_SETSIZE limit does not bite: the hubs do not use the C select underneath.)
+    # A hang-up makes the descriptor readable, and the recv that follows sees it.
+    want_read = [sock] if events & select.POLLIN else []
+    want_write = [sock] if events & select.POLLOUT else []
+    readable, writable, broken = select.select(want_read, want_write, [sock], remaining)
+    return bool(readable or writable or broken)

@@ -11,7 +11,7 @@ uploader in the sender process strings them together:
 * the wait before the next attempt is :func:`next_delay`: full-jitter
   exponential backoff, never shorter than the server's ``Retry-After``
   (:func:`parse_retry_after`);
-* an event whose first attempt is too old is given up (:func:`expired`);
+* an event still unsent ``max_event_age`` after it was written is given up (:func:`expired`);
 * a ``Retry-After`` holds the whole host, not one batch: :class:`RateLimit`.
 """
 
@@ -157,15 +157,16 @@ def next_delay(
     return delay
 
 
-def expired(first_seen: float, now: float, max_age: float | None) -> bool:
-    """Whether an event first attempted at ``first_seen`` is too old to retry.
+def expired(written: float, now: float, max_age: float | None) -> bool:
+    """Whether an event ``track()`` wrote at ``written`` (never its own timestamp) is too
+    old to send (``max_event_age``).
 
     ``max_age=None`` means no limit. An event exactly ``max_age`` old is still
-    retried; older ones are given up.
+    sent; older ones are given up.
     """
     if max_age is None:
         return False
-    return now - first_seen > max_age
+    return now - written > max_age
 
 
 class RateLimit:

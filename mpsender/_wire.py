@@ -1,4 +1,4 @@
-"""Wire encoders: internal records (docs/internals.md) to one HTTP request.
+"""Wire encoders: internal records (docs/architecture.md) to one HTTP request.
 
 Runs in the sender process only. An encoder turns each internal record into a
 wire event dict (:meth:`Encoder.event`) and wraps a batch of those into one
@@ -118,7 +118,7 @@ def format_message_id(m: bytes | str) -> str:
 
 
 _orjson_dumps: Callable[..., bytes] | None
-try:  # optional (an extra): 4-5x faster than the json module on a wire event
+try:  # optional (an extra): several times faster than the json module (benchmarks/README.md)
     import orjson  # type: ignore[import-not-found,unused-ignore]
 
     _orjson_dumps = orjson.dumps
@@ -126,11 +126,12 @@ except ImportError:  # pragma: no cover - exercised where orjson is not installe
     _orjson_dumps = None
 
 
-#: deflate level of request bodies: the fastest that still compresses JSON batches ~10x
+#: deflate level of request bodies: the fastest, and JSON batches still compress well
+#: (benchmarks/README.md, "The fast extra")
 GZIP_LEVEL: Final = 1
 
 _gzip_compressobj: Callable[..., Any]
-try:  # optional (the ``fast`` extra): Intel's ISA-L deflate, ~8x zlib's speed at level 1
+try:  # optional (the ``fast`` extra): Intel's ISA-L deflate, much faster than zlib (benchmarks/README.md)
     from isal import isal_zlib  # type: ignore[import-not-found,unused-ignore]
 
     _gzip_compressobj = isal_zlib.compressobj
@@ -141,9 +142,9 @@ except ImportError:  # pragma: no cover - exercised where the extra is not insta
 def gzip_compress(data: bytes) -> bytes:
     """``data`` as one gzip member (RFC 1952), as ``Content-Encoding: gzip`` wants it.
 
-    With python-isal installed (the ``fast`` extra) ISA-L deflates: a 412 KB batch of
-    1,000 events in 0.14 ms against 1.1 ms for zlib at level 1, and smaller (36 against 42
-    bytes per event), benchmarks/profiles/sender.md. Any gzip reader inflates either.
+    With python-isal installed (the ``fast`` extra) ISA-L deflates, faster than zlib at
+    level 1 and to fewer bytes (benchmarks/README.md, "The fast extra"). Any gzip reader
+    inflates either.
     """
     comp = _gzip_compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
     return comp.compress(data) + comp.flush()  # type: ignore[no-any-return]

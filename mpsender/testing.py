@@ -21,7 +21,16 @@ disk, no sender is started, no connection is made. The client is given back as i
 was when the block ends.
 
 With pytest, the ``mpsender_events`` fixture (the ``mpsender`` plugin, loaded
-automatically once mpsender is installed) wraps a test in :func:`capture`.
+automatically once mpsender is installed) wraps a test in :func:`capture`. With
+``unittest`` or Django's test cases, :func:`captured` (on a test method or a whole
+``TestCase`` class) and :class:`CaptureMixin` do, and put the events in
+``self.mpsender_events``.
+
+A test run sends nothing: the pytest plugin sets ``MPSENDER_TESTING=1`` for the session
+(``--mpsender-send`` or the ini option ``mpsender_send = true`` opt out), which disables
+every client, whatever the shell exports or ``init()`` is given; set it yourself for
+``python -m unittest`` or ``manage.py test``. A call outside a capture block then logs,
+once, how to capture it. See docs/testing.md.
 
 Events are recorded in Segment's shape (``type``, ``event``, ``userId``,
 ``properties``, ``context``, ``messageId``, ``timestamp`` ...), whatever wire
@@ -34,11 +43,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import inspect
 import json
 import logging
 import threading
+import unittest
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _api
 from ._client import Client
@@ -51,7 +63,7 @@ from ._wire import format_message_id, get_encoder
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CapturedEvents", "capture"]
+__all__ = ["CaptureMixin", "CapturedEvents", "capture", "captured"]
 
 _OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(Options))
 
@@ -253,3 +265,125 @@ def capture(client: Client | None = None, **options: Any) -> Iterator[CapturedEv
             with _api._lock:
                 if _api._client is installed:
                     _api._client = None
+
+
+# --- unittest and Django -----------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+#: the attribute of a test case that holds its events
+EVENTS_ATTRIBUTE = "mpsender_events"
+#: set on a test case while one capture is running for it, so a decorated method of a
+#: decorated class (or of a CaptureMixin) does not start a second, nested one
+_ACTIVE_ATTRIBUTE = "_mpsender_capturing"
+
+
+def _start(test: object, options: dict[str, Any]) -> Callable[[], None]:
+    """Start capturing for ``test`` (its events in ``test.mpsender_events``); the function
+    that ends it. A no-op when a capture already runs for this test."""
+    if getattr(test, _ACTIVE_ATTRIBUTE, False):
+        return lambda: None
+    stack = contextlib.ExitStack()
+    setattr(test, EVENTS_ATTRIBUTE, stack.enter_context(capture(**options)))
+    setattr(test, _ACTIVE_ATTRIBUTE, True)
+
+    def stop() -> None:
+        setattr(test, _ACTIVE_ATTRIBUTE, False)
+        stack.close()
+
+    return stop
+
+
+@overload
+def captured(target: _T, /) -> _T: ...
+
+
+@overload
+def captured(target: None = None, /, **options: Any) -> Callable[[_T], _T]: ...
+
+
+def captured(target: Any = None, /, **options: Any) -> Any:
+    """Run a ``unittest``/Django test inside :func:`capture`; its events are in
+    ``self.mpsender_events``.
+
+    On a test method (sync or ``async``), the method's body is captured. On a
+    ``unittest.TestCase`` class (Django's ``SimpleTestCase`` and ``TestCase`` included),
+    every test is captured from the start of ``setUp`` to the end of its cleanups, so
+    what ``setUp`` tracks is recorded too; a subclass that overrides ``setUp`` must call
+    ``super().setUp()``, as unittest expects. ``@captured(before_send=...)`` passes
+    options to :func:`capture`. One capture per test: a decorated method of a decorated
+    class is captured once, by the class.
+    """
+    if target is None:
+        return lambda t: _decorate(t, options)
+    return _decorate(target, options)
+
+
+def _decorate(target: Any, options: dict[str, Any]) -> Any:
+    if isinstance(target, type):
+        if not issubclass(target, unittest.TestCase):
+            raise TypeError(f"@captured on a class needs a unittest.TestCase subclass, not {target.__qualname__}; "
+                            "with pytest, use the mpsender_events fixture")
+        own_setup = target.setUp
+
+        @functools.wraps(own_setup)
+        def setUp(self: unittest.TestCase) -> None:
+            self.addCleanup(_start(self, options))
+            own_setup(self)
+
+        target.setUp = setUp  # type: ignore[method-assign]
+        return target
+    if not callable(target):
+        raise TypeError(f"@captured goes on a test method or a TestCase class, not {target!r}")
+    method = target
+    if inspect.iscoroutinefunction(method):
+
+        @functools.wraps(method)
+        async def run_async(self: object, *args: Any, **kwargs: Any) -> Any:
+            stop = _start(self, options)
+            try:
+                return await method(self, *args, **kwargs)
+            finally:
+                stop()
+
+        return run_async
+
+    @functools.wraps(method)
+    def run(self: object, *args: Any, **kwargs: Any) -> Any:
+        stop = _start(self, options)
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            stop()
+
+    return run
+
+
+if TYPE_CHECKING:
+    _MixinBase = unittest.TestCase
+else:
+    _MixinBase = object
+
+
+class CaptureMixin(_MixinBase):
+    """Capture every test of a ``unittest.TestCase`` (or Django ``SimpleTestCase``,
+    ``TestCase``...) from ``setUp`` to the end of its cleanups::
+
+        class SignupTests(mpsender.testing.CaptureMixin, unittest.TestCase):
+            def test_signup(self):
+                signup("ada@example.com", plan="pro")
+                self.assertEqual(self.mpsender_events.names(), ["Signup"])
+
+    Put it before the ``TestCase`` class in the bases. A ``setUp`` of your own must
+    call ``super().setUp()`` (capturing starts there). :attr:`mpsender_capture_options`
+    is passed to :func:`capture`.
+    """
+
+    #: the events of the running test (a fresh :class:`CapturedEvents` per test)
+    mpsender_events: CapturedEvents
+    #: options for :func:`capture`, e.g. ``{"before_send": scrub}``
+    mpsender_capture_options: dict[str, Any] = {}  # noqa: RUF012 - read only, replaced by subclasses
+
+    def setUp(self) -> None:
+        self.addCleanup(_start(self, dict(self.mpsender_capture_options)))
+        super().setUp()

@@ -11,7 +11,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
-from support import kill_senders
+from support import ServerProcess, app_env, kill_senders
 
 import mpsender
 from mpsender import _api, _platform
@@ -77,3 +77,19 @@ def _fresh_module_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _api._reset_for_tests()
     yield
     _api._reset_for_tests()
+
+
+@pytest.fixture
+def servers() -> Iterator[list[ServerProcess]]:
+    """Every server (gunicorn, uWSGI, uvicorn...) a test starts; each is stopped and its
+    process group SIGKILLed at teardown."""
+    made: list[ServerProcess] = []
+    yield made
+    for server in made:
+        server.kill()
+
+
+@pytest.fixture
+def env(collector: Collector, runtime_dir: str) -> dict[str, str]:
+    """mpsender configured through MPSENDER_* for the servers: a fast sender, a 10 s linger."""
+    return app_env(collector.url, runtime_dir, flush_interval=0.05, linger=10)

@@ -236,6 +236,44 @@ class ServerProcess:
 # --- servers under load ----------------------------------------------------------------
 
 
+class HttpServer(ServerProcess):
+    """A server of an example app on ``port`` of 127.0.0.1, ready once ``/health`` answers."""
+
+    def __init__(self, cmd: list[str], env: Mapping[str, str], cwd: Path, log: Path, port: int, *,
+                 name: str | None = None) -> None:
+        if name is not None:
+            self.name = name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        super().__init__(cmd, env, cwd, log)
+
+    def ready(self) -> bool:
+        try:
+            return httpx.get(self.url + "/health", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def workers(self) -> list[int]:
+        """Live worker pids (children of the master that are not a sender launcher)."""
+        out = []
+        for child in psutil.Process(self.pid).children():
+            try:
+                if child.status() != psutil.STATUS_ZOMBIE and "mpsender._sender" not in child.cmdline():
+                    out.append(child.pid)
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
+
+def gunicorn_control_args() -> list[str]:
+    """Recent gunicorn (25+) opens a control socket (in $HOME), served by a thread in the
+    master: not wanted here (the master must stay thread-free; servers must not share it)."""
+    from gunicorn.config import KNOWN_SETTINGS
+
+    names = {s.name for s in KNOWN_SETTINGS}
+    return ["--no-control-socket"] if "control_socket_disable" in names else []
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:

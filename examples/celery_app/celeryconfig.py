@@ -4,11 +4,14 @@ kombu's filesystem transport keeps each message in a file; the directories live 
 CELERY_DATA_DIR (default: <tmp>/mpsender-celery-example). Producer and worker must use
 the same directory.
 
-To use Redis or RabbitMQ instead, set the URL and drop the filesystem options:
+To use Redis or RabbitMQ instead, set the URLs (the filesystem options are then left out):
 
     CELERY_BROKER_URL=redis://localhost:6379/0            (pip install "celery[redis]")
     CELERY_BROKER_URL=amqp://guest:guest@localhost:5672//  (RabbitMQ, built in)
     CELERY_RESULT_BACKEND=redis://localhost:6379/1
+
+tests/integration/test_celery.py runs this example on both: the filesystem transport and
+a real Redis as broker and result store.
 """
 
 import os

@@ -1,6 +1,6 @@
 """Reading a spool from outside the sender, without changing it.
 
-The same files the sender reads (docs/internals.md): ``*.wal`` frames from
+The same files the sender reads (docs/architecture.md): ``*.wal`` frames from
 ``mpsender._framing``, ``commits.log`` (msgpack ``[name, offset]`` records, a None
 offset meaning the file was deleted), ``state.json`` (persisted counters) and
 ``deadletter.jsonl`` (events the endpoint refused for good).

@@ -604,9 +604,8 @@ def tune_gc_for_serving() -> None:
     Parsing a batch builds about 7,000 dicts and lists that live until the request is
     answered; with CPython's default threshold (700) each batch starts about ten young
     collections that walk them, and older collections that also walk every request
-    record kept. A lean store's CPU per event, the handler called in a loop on
-    1,000-event bodies: 4.1-4.5 µs at the default, 1.6-1.7 µs at 10,000 or above
-    (docs/collector.md). Only for a process of its own (``mpsender collect``, the
+    record kept: at 10,000 or above the handler's CPU per event falls by more than half
+    (benchmarks/README.md, "The collector"). Only for a process of its own (``mpsender collect``, the
     benchmarks' collector): the threshold is the whole process's.
     """
     gc.set_threshold(SERVING_GC_THRESHOLD, *gc.get_threshold()[1:])

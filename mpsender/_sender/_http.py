@@ -90,7 +90,7 @@ def _is_ipv6(host: str) -> bool:
 
 
 def tls_context(options: Options) -> ssl.SSLContext:
-    """One context for every route (loading CAs costs ~20 ms a transport).
+    """One context for every route (loading the CAs is slow, and the same for every transport).
 
     ``ca_bundle`` replaces the default CAs, as curl's ``--cacert`` does; without it,
     SSL_CERT_FILE / SSL_CERT_DIR as httpx honours them, else certifi's bundle.

@@ -31,6 +31,7 @@ from .._lograte import Throttle
 from .._options import Options, redact_url
 from .._retry import (
     RateLimit,
+    expired,
     is_auth_status,
     is_retryable_status,
     is_size_rejection,
@@ -50,8 +51,8 @@ HOUSEKEEPING = 1.0
 #: with a partial batch waiting for its age, look for a full one this often
 _PARTIAL_POLL = 0.05
 _AUTH_PAUSE = 30.0
-#: zlib level of request bodies. Level 1 deflates a batch of JSON events in about half
-#: the time of level 6 for ~20% more bytes (benchmarks/profiles/sender.md): the sender
+#: zlib level of request bodies. Level 1 deflates a batch of JSON events much faster than
+#: level 6 for a few more bytes (benchmarks/README.md, "The fast extra"): the sender
 #: shares the host's cores with the application, and the link is rarely the limit.
 
 
@@ -174,7 +175,7 @@ class Uploader(threading.Thread):
         """Read and encode batches here; a poster thread sends them, one at a time, in
         order. Encoding the next batch while the previous one is gzipped, sent and
         answered (zlib and socket waits release the GIL) is what lets the sender and the
-        endpoint work at the same time (benchmarks/README.md: +50% end to end)."""
+        endpoint work at the same time (benchmarks/README.md, History: the poster thread)."""
         poster = threading.Thread(target=self._post_loop, name="mpsender-poster", daemon=True)
         poster.start()
         try:
@@ -463,12 +464,13 @@ class Uploader(threading.Thread):
         now = time.time()
         if not events or min(map(_entry_ts, events)) >= now - max_age:
             return events  # the common case: nothing near the limit, no pass in Python
-        keep = [e for e in events if now - e.ts <= max_age]
-        if len(keep) != len(events):
-            self.counters.drop("expired", len(events) - len(keep))
-            for e in events:
-                if now - e.ts > max_age:
-                    e.payload = None
+        keep = []
+        for e in events:
+            if expired(e.ts, now, max_age):
+                e.payload = None
+            else:
+                keep.append(e)
+        self.counters.drop("expired", len(events) - len(keep))
         return keep
 
     def _post(self, events: list[Entry]) -> Answer:
@@ -502,8 +504,8 @@ class Uploader(threading.Thread):
 
     def _http_headers(self, headers: dict[str, str]) -> httpx.Headers:
         """The encoder's headers (the same for every request) as httpx's own type, built
-        once: httpx normalizes a plain dict again on every request (~40 µs of the ~320 µs
-        a request costs the sender, benchmarks/profiles/sender.md)."""
+        once: httpx normalizes a plain dict again on every request, a visible share of what
+        a request costs the sender (benchmarks/README.md, "The fast extra")."""
         cached = self._headers
         if cached is None or cached[0] != headers:
             built = httpx.Headers(headers)

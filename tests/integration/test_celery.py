@@ -1,9 +1,13 @@
 """A real Celery prefork worker running examples/celery_app: every task's events arrive.
 
-The worker runs the example's own ``tasks.py`` and ``celeryconfig.py`` (kombu's filesystem
-transport, a file result store: no server needed) in a session of its own, ended with
-killpg at teardown; tasks are sent by a separate producer process; its output is shown
-when a test fails.
+The worker runs the example's own ``tasks.py`` and ``celeryconfig.py`` in a session of its
+own, ended with killpg at teardown; tasks are sent by a separate producer process; its
+output is shown when a test fails. Each worker test runs twice: on kombu's filesystem
+transport with a file result store (the example's default: no server needed), and on a
+real Redis as broker and result store, the set-up most production workers use -- a
+``redis-server`` the suite starts once on 127.0.0.1 (a free port, no persistence, a session
+of its own, killed at the end). Where ``redis-server`` is not installed (.ci/run installs
+it from the OS's packages), the Redis runs are skipped and say so.
 """
 
 from __future__ import annotations
@@ -12,6 +16,8 @@ import itertools
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -19,7 +25,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO, ServerProcess, app_env, check, live_sender_pids, run_app, wait_for
+import redis
+from support import (
+    REPO,
+    ServerProcess,
+    app_env,
+    check,
+    free_port,
+    live_sender_pids,
+    run_app,
+    wait_for,
+    without_mpsender,
+)
 
 from mpsender._collector import Collector
 
@@ -45,6 +62,10 @@ class CeleryWorker(ServerProcess):
 
     def start(self, timeout: float = 30.0) -> CeleryWorker:
         super().start(timeout)
+        # the broker the worker says it uses (Celery masks a password as ":**@")
+        scheme, _, where = self.env.get("CELERY_BROKER_URL", "filesystem://").partition("://")
+        shown = re.search(r"transport:\s+(\S+)", self.log.read_text(errors="replace"))
+        assert shown and shown[1].startswith(f"{scheme}://") and shown[1].endswith(where), self.output()
         return self
 
     def ready(self) -> bool:
@@ -54,6 +75,69 @@ class CeleryWorker(ServerProcess):
         """Warm shutdown (TERM): running tasks finish; the exit code. With the filesystem
         transport (a polling loop) an idle worker takes Celery about 6 s, mpsender or not."""
         return super().stop(timeout)
+
+
+class RedisServer(ServerProcess):
+    """``redis-server`` on 127.0.0.1 and ``port``: nothing saved to disk, in a session of
+    its own; ready when it answers PING."""
+
+    name = "redis-server"
+
+    def __init__(self, binary: str, directory: Path, port: int) -> None:
+        self.port = port
+        cmd = [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no",
+               "--dir", str(directory), "--daemonize", "no", "--protected-mode", "yes", "--logfile", ""]
+        super().__init__(cmd, dict(os.environ), directory, directory / f"redis-{port}.log")
+
+    def url(self, db: int) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def client(self, db: int = 0) -> redis.Redis:
+        return redis.Redis.from_url(self.url(db), socket_timeout=5)
+
+    def ready(self) -> bool:
+        try:
+            with self.client() as c:
+                return bool(c.ping())
+        except redis.ConnectionError:
+            return False
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One redis-server for the session (skipped, with the reason, where none can start);
+    SIGKILLed by its process group at the end."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it)")
+    directory = tmp_path_factory.mktemp("redis")
+    failures = []
+    for _ in range(3):  # the free port may be taken between free_port() and the bind
+        server = RedisServer(binary, directory, free_port())
+        try:
+            server.start(timeout=15)
+            break
+        except AssertionError as exc:
+            server.kill()
+            failures.append(str(exc))
+    else:
+        pytest.skip("redis-server could not start: " + failures[-1][-2000:])
+    try:
+        yield server
+    finally:
+        server.kill()
+
+
+@pytest.fixture(params=["filesystem", "redis"])
+def broker(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The example's broker and result store, as CELERY_* variables: kombu's filesystem
+    transport and result files (no variables), or the session's Redis, emptied first."""
+    if request.param == "filesystem":
+        return {}
+    server: RedisServer = request.getfixturevalue("redis_server")
+    with server.client() as c:
+        c.flushall()
+    return {"CELERY_BROKER_URL": server.url(0), "CELERY_RESULT_BACKEND": server.url(1)}
 
 
 @pytest.fixture
@@ -71,7 +155,15 @@ def env(collector: Collector, runtime_dir: str, tmp_path: Path) -> dict[str, str
     env = app_env(collector.url, runtime_dir, flush_interval=0.05, linger=10, enrich=1)
     env["CELERY_DATA_DIR"] = str(tmp_path / "celery-data")
     env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLE), env["PYTHONPATH"]])
+    for name in ("CELERY_BROKER_URL", "CELERY_RESULT_BACKEND"):
+        env.pop(name, None)  # the shell's own would take the example elsewhere
     return env
+
+
+@pytest.fixture
+def worker_env(env: dict[str, str], broker: dict[str, str]) -> dict[str, str]:
+    """``env`` on each broker in turn (filesystem, then Redis)."""
+    return {**env, **broker}
 
 
 def send(env: dict[str, str], calls: str) -> list[str]:
@@ -88,12 +180,26 @@ def by_event(collector: Collector, name: str) -> list[dict[str, Any]]:
     return [e for e in collector.events() if e.get("event") == name]
 
 
-def results(env: dict[str, str], status: str) -> dict[str, dict[str, Any]]:
-    """task id -> stored result, for every task whose result file says ``status``."""
-    out = {}
+def stored_results(env: dict[str, str]) -> Iterator[bytes]:
+    """The raw result of every task, from the result files or from Redis."""
+    url = env.get("CELERY_RESULT_BACKEND", "")
+    if url.startswith("redis://"):
+        with redis.Redis.from_url(url, socket_timeout=5) as c:
+            for key in c.scan_iter("celery-task-meta-*"):
+                raw = c.get(key)
+                if raw is not None:
+                    yield raw
+        return
     for path in (Path(env["CELERY_DATA_DIR"]) / "results").glob("celery-task-meta-*"):
+        yield path.read_bytes()
+
+
+def results(env: dict[str, str], status: str) -> dict[str, dict[str, Any]]:
+    """task id -> stored result, for every task whose stored result says ``status``."""
+    out = {}
+    for raw in stored_results(env):
         try:
-            meta = json.loads(path.read_bytes())
+            meta = json.loads(raw)
         except ValueError:
             continue  # being written: read at the next poll
         if meta["status"] == status:
@@ -121,14 +227,14 @@ def unique_per_key(events: list[dict[str, Any]], key: Any) -> dict[Any, set[str]
 @pytest.mark.parametrize("concurrency", [2, 4])
 def test_max_tasks_per_child_1_every_task_gives_its_events(
         concurrency: int, tmp_path: Path, collector: Collector, runtime_dir: str,
-        env: dict[str, str], workers: list[CeleryWorker]) -> None:
+        worker_env: dict[str, str], workers: list[CeleryWorker]) -> None:
     """Prefork, max_tasks_per_child=1 (every child leaves through os._exit after one task):
     N tasks give exactly N task events and N task-finished events, through one sender."""
-    worker = CeleryWorker(tmp_path, env, ["--concurrency", str(concurrency), "--max-tasks-per-child", "1"])
+    worker = CeleryWorker(tmp_path, worker_env, ["--concurrency", str(concurrency), "--max-tasks-per-child", "1"])
     workers.append(worker)
     worker.start()
     n = 24
-    ids = send(env, f"tasks.signup.delay(f'user-{{i}}', 'pro') for i in range({n})")
+    ids = send(worker_env, f"tasks.signup.delay(f'user-{{i}}', 'pro') for i in range({n})")
     assert collector.wait_for(
         lambda c: len({e["messageId"] for e in by_event(c, TASK_EVENT)}) >= n, 60), worker.output()
 
@@ -152,23 +258,23 @@ def test_max_tasks_per_child_1_every_task_gives_its_events(
 
 @pytest.mark.slow
 def test_warm_shutdown_under_load_delivers_every_completed_task(
-        tmp_path: Path, collector: Collector, runtime_dir: str, env: dict[str, str],
+        tmp_path: Path, collector: Collector, runtime_dir: str, worker_env: dict[str, str],
         workers: list[CeleryWorker]) -> None:
     """TERM (warm shutdown) while tasks run: the tasks in progress finish, and every task
     that completed (before or during the shutdown) has its events, once each.
 
     Without max_tasks_per_child: with it, Celery's warm shutdown SIGKILLs the children
     that are mid-task (and restores their messages), mpsender or not."""
-    worker = CeleryWorker(tmp_path, env, ["--concurrency", "3"])
+    worker = CeleryWorker(tmp_path, worker_env, ["--concurrency", "3"])
     workers.append(worker)
     worker.start()
     n = 60
-    send(env, f"tasks.export_report.delay(f'user-{{i}}', 0.3) for i in range({n})")
+    send(worker_env, f"tasks.export_report.delay(f'user-{{i}}', 0.3) for i in range({n})")
     # TERM while a task runs (task_track_started: its result says STARTED)
-    assert wait_for(lambda: len(completed(env)) >= 6 and results(env, "STARTED"), 60), worker.output()
+    assert wait_for(lambda: len(completed(worker_env)) >= 6 and results(worker_env, "STARTED"), 60), worker.output()
     term_at = datetime.now(timezone.utc)
     assert worker.stop() == 0, worker.output()
-    done = completed(env)
+    done = completed(worker_env)
     assert 6 <= len(done) < n, f"{len(done)} of {n} completed: the stop came too late to test anything"
     finished_late = [t for t, (_, at) in done.items() if at > term_at]
     assert finished_late, "no task was in progress at the TERM: nothing tested"
@@ -187,16 +293,16 @@ def test_warm_shutdown_under_load_delivers_every_completed_task(
 
 @pytest.mark.slow
 def test_a_failing_task_sends_its_error_event(
-        tmp_path: Path, collector: Collector, runtime_dir: str, env: dict[str, str],
+        tmp_path: Path, collector: Collector, runtime_dir: str, worker_env: dict[str, str],
         workers: list[CeleryWorker]) -> None:
     """With task instrumentation on, a task that raises gives a $error event naming the
     exception type and a task-finished event in state FAILURE; a task killed at its hard
     time limit gives one $error event (from the main process) and one in state TERMINATED."""
-    worker = CeleryWorker(tmp_path, env, ["--concurrency", "2"])
+    worker = CeleryWorker(tmp_path, worker_env, ["--concurrency", "2"])
     workers.append(worker)
     worker.start()
     ok_id, failed_id, killed_id = send(
-        env, "tasks.charge.delay('u1', 500), tasks.charge.delay('u2', 200_000), "
+        worker_env, "tasks.charge.delay('u1', 500), tasks.charge.delay('u2', 200_000), "
              "tasks.export_report.apply_async(('u3', 60), time_limit=1)")
     assert collector.wait_for(lambda c: len(by_event(c, TASK_EVENT)) >= 2 and len(by_event(c, "$error")) >= 2,
                               30), worker.output()
@@ -242,3 +348,15 @@ print("ok")
     assert [e["userId"] for e in by_event(collector, "Signed Up")] == ["u1", "u3"]
     # two Signed Up, two task events (none after disconnect()), one $error: no doubles
     assert len(collector.message_ids()) == 5
+
+
+def test_without_redis_server_the_redis_runs_are_skipped_with_the_reason(tmp_path: Path) -> None:
+    """A developer without redis-server (``pip install -e '.[test]' && pytest`` alone) gets
+    the Redis runs skipped, with how to install it, not failed."""
+    env = {k: v for k, v in without_mpsender().items() if not k.startswith("PYTEST_")}
+    env["PATH"] = str(tmp_path)  # no redis-server on it (the worker runs through sys.executable)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "failing_task and redis",
+         str(Path(__file__))], cwd=str(REPO), env=env, capture_output=True, text=True, timeout=100)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "1 skipped" in proc.stdout and "redis-server is not installed" in proc.stdout, proc.stdout

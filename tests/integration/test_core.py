@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import fcntl
+import json
 import os
 import re
 import signal
@@ -328,3 +329,41 @@ def test_status_polling_does_not_keep_an_idle_sender_alive(collector: Collector,
     started = time.monotonic()
     assert wait_for(lambda: not poll_once() and pid not in live_sender_pids(runtime_dir), timeout=10)
     assert time.monotonic() - started < 5
+
+
+def test_threads_of_a_fork_child_without_at_fork_hooks_lose_nothing(collector: Collector, runtime_dir: str) -> None:
+    """A child forked without Python's at-fork hooks (uWSGI's workers, a C extension's
+    fork()) whose 8 threads all track at once: the pid check lets one thread reset the
+    client and the others wait for it; every event of every thread arrives, once."""
+    code = """
+import ctypes, json, os, sys, threading
+import mpsender
+mpsender.init()
+mpsender.track("parent", user_id="p")
+assert mpsender.flush(timeout=20)
+libc = ctypes.CDLL(None, use_errno=True)
+children = []
+for round_ in range(4):
+    pid = libc.fork()  # no at-fork hooks: the child finds out by its pid
+    if pid == 0:
+        barrier = threading.Barrier(8)
+        def work(t):
+            barrier.wait()
+            for i in range(25):
+                mpsender.track("child", user_id="c", properties={"round": round_, "thread": t, "i": i})
+        threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        os._exit(0 if mpsender.flush(timeout=20) else 3)
+    children.append(pid)
+codes = [os.waitpid(pid, 0)[1] for pid in children]
+print(json.dumps(codes))
+"""
+    env = app_env(collector.url, runtime_dir, flush_interval=0.05, linger=2.0)
+    assert json.loads(check(run_app(code, env, timeout=120)).strip().splitlines()[-1]) == [0, 0, 0, 0]
+    events = [e for e in collector.events() if e["event"] == "child"]
+    got = sorted((e["properties"]["round"], e["properties"]["thread"], e["properties"]["i"]) for e in events)
+    assert got == [(r, t, i) for r in range(4) for t in range(8) for i in range(25)]
+    assert len(collector.message_ids()) == len(set(collector.message_ids()))

@@ -39,20 +39,12 @@ def test_pool_example_delivers_every_item_once(method: str, collector: Collector
     assert len(live_sender_pids(runtime_dir)) == 1
 
 
-def test_the_docs_snippets_are_the_examples_own_lines() -> None:
-    """Every line of the code blocks in docs/integrations.md (the README's gunicorn, Celery and
-    multiprocessing sections, and uWSGI's) is still a line of a file in examples/."""
-    example_lines = {
-        line.strip()
-        for path in (REPO / "examples").rglob("*")
-        if path.suffix in (".py", ".ini")
-        for line in path.read_text().splitlines()
-    }
-    doc = (REPO / "docs" / "integrations.md").read_text().splitlines()
+def _example_blocks(doc: str) -> list[list[str]]:
+    """The code blocks of a markdown page, but those marked ``<!-- not from examples/ -->``."""
     blocks: list[list[str]] = []
     block: list[str] | None = None
     skip, previous = False, ""
-    for line in doc:
+    for line in doc.splitlines():
         if line.startswith("```"):
             if block is None:
                 block, skip = [], previous.strip() == "<!-- not from examples/ -->"
@@ -63,6 +55,20 @@ def test_the_docs_snippets_are_the_examples_own_lines() -> None:
         elif block is not None:
             block.append(line)
         previous = line
-    assert len(blocks) >= 8
+    return blocks
+
+
+@pytest.mark.parametrize(("page", "at_least"), [("docs/integrations.md", 8), ("README.md", 4)])
+def test_the_docs_snippets_are_the_examples_own_lines(page: str, at_least: int) -> None:
+    """Every line of the code blocks in docs/integrations.md (gunicorn, Celery, multiprocessing,
+    uWSGI) and in the README's integration snippets is still a line of a file in examples/."""
+    example_lines = {
+        line.strip()
+        for path in (REPO / "examples").rglob("*")
+        if path.suffix in (".py", ".ini")
+        for line in path.read_text().splitlines()
+    }
+    blocks = _example_blocks((REPO / page).read_text())
+    assert len(blocks) >= at_least
     missing = [line for b in blocks for line in b if line.strip() and line.strip() not in example_lines]
-    assert not missing, f"lines in docs/integrations.md that no example has: {missing}"
+    assert not missing, f"lines in {page} that no example has: {missing}"

@@ -18,7 +18,6 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -26,10 +25,9 @@ import psutil
 import pytest
 from support import (
     REPO,
+    HttpServer,
     Load,
     SenderWatch,
-    ServerProcess,
-    app_env,
     assert_delivered,
     free_port,
     one_sender,
@@ -54,7 +52,7 @@ pytestmark = [
 _names = itertools.count()
 
 
-class Uwsgi(ServerProcess):
+class Uwsgi(HttpServer):
     """One uWSGI master (and its workers) in a session of its own, serving HTTP itself."""
 
     name = "uwsgi"
@@ -62,28 +60,10 @@ class Uwsgi(ServerProcess):
 
     def __init__(self, tmp_path: Path, env: dict[str, str], args: list[str], *,
                  ini: Path = EXAMPLE / "uwsgi.ini") -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        port = free_port()
         cmd = [str(UWSGI), "--ini", str(ini), "--chdir", str(EXAMPLE), "--pythonpath", str(tmp_path),
-               "--http-socket", f"127.0.0.1:{self.port}", "--disable-logging", *args]
-        super().__init__(cmd, env, EXAMPLE, tmp_path / f"uwsgi-{next(_names)}.log")
-
-    def ready(self) -> bool:
-        try:
-            return httpx.get(self.url + "/health", timeout=1.0).status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def workers(self) -> list[int]:
-        """Live worker pids (children of the master that are not a sender launcher)."""
-        out = []
-        for child in psutil.Process(self.pid).children():
-            try:
-                if child.status() != psutil.STATUS_ZOMBIE and "mpsender._sender" not in child.cmdline():
-                    out.append(child.pid)
-            except psutil.NoSuchProcess:
-                continue
-        return out
+               "--http-socket", f"127.0.0.1:{port}", "--disable-logging", *args]
+        super().__init__(cmd, env, EXAMPLE, tmp_path / f"uwsgi-{next(_names)}.log", port)
 
     def text(self) -> str:
         """The whole log (``output()`` keeps only its end, for a failure message)."""
@@ -98,21 +78,6 @@ class Uwsgi(ServerProcess):
             except Exception:  # noqa: BLE001 - TimeoutExpired: the killpg below ends it
                 pass
         super().kill()
-
-
-@pytest.fixture
-def servers() -> Iterator[list[Uwsgi]]:
-    """Every uWSGI a test starts; each is stopped and its process group SIGKILLed at teardown."""
-    made: list[Uwsgi] = []
-    yield made
-    for server in made:
-        server.kill()
-
-
-@pytest.fixture
-def env(collector: Collector, runtime_dir: str) -> dict[str, str]:
-    """mpsender configured through MPSENDER_* for the servers: a fast sender, a 10 s linger."""
-    return app_env(collector.url, runtime_dir, flush_interval=0.05, linger=10)
 
 
 def start(servers: list[Uwsgi], server: Uwsgi) -> Uwsgi:

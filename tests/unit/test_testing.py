@@ -15,7 +15,7 @@ import pytest
 from support import REPO, live_sender_pids, without_mpsender
 
 import mpsender
-from mpsender import NotInitializedError, _api
+from mpsender import NotInitializedError, _api, _testrun
 from mpsender._client import Client
 from mpsender._version import __version__
 from mpsender.testing import CapturedEvents, capture
@@ -255,6 +255,63 @@ def test_captured_events_is_a_sequence() -> None:
     assert isinstance(events, Sequence) and not hasattr(events, "append")
     with pytest.raises(TypeError):
         hash(events)
+
+
+# --- a test run sends nothing: MPSENDER_TESTING -----------------------------------------------
+
+
+def test_testing_env_disables_every_client(runtime_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MPSENDER_TESTING=1 disables init() with a key and endpoint, a Client built with
+    disabled=False, and the environment's own MPSENDER_DISABLED=0; no file is written."""
+    monkeypatch.setenv("MPSENDER_TESTING", "1")
+    monkeypatch.setenv("MPSENDER_DISABLED", "0")
+    monkeypatch.setenv("MPSENDER_RUNTIME_DIR", runtime_dir)
+    assert mpsender.init(write_key="key", endpoint="http://127.0.0.1:9").options.disabled
+    assert real_client(runtime_dir, disabled=False).options.disabled
+    mpsender.track("A", user_id="u")
+    assert os.listdir(runtime_dir) == []
+
+
+@pytest.mark.parametrize("raw", ["0", "false", "off", ""])
+def test_testing_env_false_changes_nothing(raw: str, runtime_dir: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """MPSENDER_TESTING=0 (or empty) leaves a configured client configured."""
+    monkeypatch.setenv("MPSENDER_TESTING", raw)
+    assert not real_client(runtime_dir).options.disabled
+
+
+def hints(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "mpsender.testing"]
+
+
+def test_a_call_outside_capture_in_a_test_run_says_how_to_capture_it(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    """With MPSENDER_TESTING, the first call outside capture() logs (a WARNING record, not a
+    warning) what was called and how to capture it; later calls do not, until re-armed."""
+    monkeypatch.setenv("MPSENDER_TESTING", "1")
+    mpsender.init(write_key="key", endpoint="http://127.0.0.1:9")
+    _testrun.rearm()
+    with capture() as events:
+        mpsender.track("Inside", user_id="u")
+    assert events.names() == ["Inside"] and hints(caplog) == []
+    mpsender.track("Signup", user_id="u")
+    mpsender.identify("u", traits={"plan": "pro"})
+    [hint] = hints(caplog)
+    assert "track('Signup')" in hint
+    assert "mpsender_events fixture" in hint and "mpsender.testing.capture()" in hint
+    assert [r.levelname for r in caplog.records if r.name == "mpsender.testing"] == ["WARNING"]
+    _testrun.rearm()
+    mpsender.page("Home", user_id="u")
+    assert "page()" in hints(caplog)[1] and len(hints(caplog)) == 2
+
+
+def test_disabled_outside_a_test_run_stays_silent(monkeypatch: pytest.MonkeyPatch,
+                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """MPSENDER_DISABLED=1 alone (production's switch) logs nothing on a call."""
+    monkeypatch.setenv("MPSENDER_DISABLED", "1")
+    mpsender.init()
+    _testrun.rearm()
+    mpsender.track("A", user_id="u")
+    assert hints(caplog) == []
 
 
 # --- the pytest plugin and the example -----------------------------------------------------
