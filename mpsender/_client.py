@@ -10,6 +10,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import _platform
 from ._enrich import enrichment
 from ._error_event import error_properties
 from ._events import (
@@ -42,7 +43,7 @@ def _after_fork_in_child() -> None:
         client._forked()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_platform.at_fork_in_child(_after_fork_in_child)
 
 #: short record keys -> the names a before_send hook sees (Segment's)
 _LONG = {
@@ -92,6 +93,7 @@ class Client:
         self._ids = MessageIds()
         self._fork_claims: dict[int, object] = {}
         if sink is None and not options.disabled:
+            _platform.require_supported()  # Windows: one clear error naming MPSENDER_DISABLED
             sink = SenderSink(options, prepare_paths(options))
         self._sink: Sink | None = sink
         self._off = sink is None

@@ -31,7 +31,7 @@ __all__ = [
 ]
 
 # --- a destination's directory ------------------------------------------------------------
-SOCKET = "sender.sock"            # the sender listens here (SOCK_SEQPACKET)
+SOCKET = "sender.sock"            # the sender listens here (SEQPACKET, or a framed stream: _platform)
 LOCK = "sender.lock"              # held (flock) by the live sender for its whole life
 DOORBELL = "doorbell"             # one shared byte: "the sender is asleep, ring me"
 LOG = "sender.log"                # the sender's log (and its launcher's stderr)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import itertools
 import logging
 import mmap
@@ -27,10 +26,11 @@ from typing import Any
 
 import msgpack
 
-from . import _protocol, _spawn
+from . import _platform, _protocol, _spawn
 from ._exceptions import ConfigurationError
 from ._options import Options
 from ._paths import Paths
+from ._platform import Connection
 from ._protocol import HELLO, WAKE_FRAME
 from ._reentry import HandlerSafeLock
 from ._version import __version__
@@ -44,9 +44,6 @@ logger = logging.getLogger(__name__)
 #: every process spawn every second); a connection resets it
 SPAWN_BACKOFF = 1.0
 SPAWN_BACKOFF_CAP = 30.0
-
-_MSG_DONTWAIT = socket.MSG_DONTWAIT
-
 
 class SenderLink:
     """One process's connection to its sender. ``sock`` is None while not connected;
@@ -68,7 +65,7 @@ class SenderLink:
         self._reset()
 
     def _reset(self) -> None:
-        self.sock: socket.socket | None = None
+        self.sock: Connection | None = None
         self._lock = HandlerSafeLock()
         self._control = HandlerSafeLock()
         self._next_spawn = 0.0
@@ -80,7 +77,7 @@ class SenderLink:
         """In a fork child: let go of the parent's connection (the child's copy only)."""
         if self.sock is not None:
             with contextlib.suppress(OSError):  # closed already: nothing to let go of
-                os.close(self.sock.detach())
+                os.close(self.sock.sock.detach())
         self._reset()
 
     # --- connecting -----------------------------------------------------------------------
@@ -91,7 +88,7 @@ class SenderLink:
         if sock is None:
             return False
         try:
-            if sock.recv(1, socket.MSG_PEEK | _MSG_DONTWAIT):
+            if sock.pending() or sock.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
                 return True  # a reply is waiting
         except BlockingIOError:
             return True  # nothing to read, not closed
@@ -125,7 +122,7 @@ class SenderLink:
                 return True
         return False
 
-    def _open(self) -> socket.socket | None:
+    def _open(self) -> Connection | None:
         try:
             return _protocol.connect(str(self._paths.socket))
         except OSError:
@@ -167,7 +164,7 @@ class SenderLink:
             return False
         try:
             try:
-                fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                _platform.lock(lock_fd, wait=False)
             except BlockingIOError:
                 return False  # a sender holds it: alive, starting or draining
             # We hold the lock, so no sender is alive: start one and hand it the lock.
@@ -188,18 +185,18 @@ class SenderLink:
             with contextlib.suppress(OSError):  # gone: the next check notices
                 self._hello(sock)
 
-    def _hello(self, sock: socket.socket) -> None:
+    def _hello(self, sock: Connection) -> None:
         # Drops not yet reported go along, so the sender persists them where ops look.
         counts = dict(self._drops())
         reported = self._reported
         news = {k: n - reported.get(k, 0) for k, n in counts.items() if n > reported.get(k, 0)}
         try:
-            sock.send(msgpack.packb([HELLO, os.getpid(), self._files(), __version__, news]), _MSG_DONTWAIT)
+            sock.send(msgpack.packb([HELLO, os.getpid(), self._files(), __version__, news]))
         except BlockingIOError:
             return  # the socket is full: the sender finds the file by scanning the spool
         reported.update(counts)
 
-    def _drop(self, sock: socket.socket) -> None:
+    def _drop(self, sock: Connection) -> None:
         """Forget ``sock`` if it is still our connection (another thread may have made a
         new one since), and close it."""
         if self.sock is sock:
@@ -220,7 +217,7 @@ class SenderLink:
             bell[0] = 0
         if sock is not None:
             try:
-                sock.send(WAKE_FRAME, _MSG_DONTWAIT)
+                sock.send(WAKE_FRAME)
             except OSError:
                 pass  # full or gone: the sender also polls, and a check notices a dead one
 
@@ -230,7 +227,7 @@ class SenderLink:
         if sock is None:
             return False
         try:
-            sock.send(payload, _MSG_DONTWAIT)
+            sock.send(payload)
         except OSError:
             return False
         return True

@@ -18,10 +18,11 @@ same kind. A race between threads can at worst log one extra line or miscount on
 from __future__ import annotations
 
 import logging
-import os
 import time
 import weakref
 from collections.abc import Callable
+
+from . import _platform
 
 __all__ = ["Throttle"]
 
@@ -73,4 +74,4 @@ def _after_fork_in_child() -> None:
         throttle.forget()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+_platform.at_fork_in_child(_after_fork_in_child)

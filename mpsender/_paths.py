@@ -12,12 +12,12 @@ import logging
 import os
 import socket
 import stat
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import _layout as layout
+from . import _platform
 from ._exceptions import ConfigurationError
 from ._options import Options
 
@@ -34,9 +34,8 @@ __all__ = [
     "runtime_dir_candidates",
 ]
 
-#: the longest socket path bind() takes: sun_path less its terminating NUL (108 bytes on
-#: Linux, 104 on macOS and the BSDs)
-MAX_SOCKET_PATH = 107 if sys.platform.startswith("linux") else 103
+#: the longest socket path bind() takes (the platform's, from ``_platform``)
+MAX_SOCKET_PATH = _platform.MAX_SOCKET_PATH
 #: what a runtime directory's socket path adds to it: "/<destination id>/sender.sock"
 _SOCKET_TAIL = len("/0123456789abcdef/" + layout.SOCKET)
 
@@ -141,7 +140,7 @@ class Paths:
 
     base: Path        # the user's runtime directory (0700)
     dest: Path        # this destination's directory (0700)
-    socket: Path      # the sender listens here (SOCK_SEQPACKET)
+    socket: Path      # the sender listens here (SEQPACKET, or a framed stream: _platform)
     lock: Path        # held (flock) by the live sender for its whole life
     doorbell: Path    # one shared byte: "the sender is asleep, ring me"
     log: Path         # the sender's log

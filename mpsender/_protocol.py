@@ -1,7 +1,8 @@
-"""Frames on the SEQPACKET connection between an application process and its sender.
+"""Frames on the connection between an application process and its sender.
 
 An application process writes events to its own write-ahead file (see ``_wal``); the
-connection carries everything else, one msgpack array per SEQPACKET message:
+connection carries everything else, one msgpack array per message (a SEQPACKET message
+on Linux, a length-prefixed frame where there is none: see ``_platform``):
 
 ==============================================  =============================================
 app -> sender                                    meaning
@@ -32,10 +33,13 @@ import logging
 import select
 import socket
 import time
-import types
 from typing import Any
 
 import msgpack
+
+from . import _platform
+from ._platform import Connection
+from ._platform import green_threads as _green
 
 __all__ = [
     "FLUSH", "HELLO", "MAX_CONTROL", "REPLY", "STATS", "STOP", "WAKE", "WAKE_FRAME",
@@ -53,7 +57,7 @@ REPLY = 10
 
 WAKE_FRAME: bytes = msgpack.packb([WAKE])
 #: largest control frame either side sends (a flush listing many files stays far below)
-MAX_CONTROL = 1 << 20
+MAX_CONTROL = _platform.MAX_MESSAGE
 
 
 class RequestFailed(Exception):
@@ -68,19 +72,19 @@ class SenderGone(RequestFailed):
     """The connection closed: the sender exited or was killed."""
 
 
-def connect(path: str) -> socket.socket:
+def connect(path: str) -> Connection:
     """A non-blocking connection to the sender listening at ``path``; OSError if none does."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
-    sock.setblocking(False)
+    sock = _platform.unix_socket()
+    sock.setblocking(False)  # a full listen queue fails at once rather than blocking
     try:
         sock.connect(path)
     except OSError:
         sock.close()
         raise
-    return sock
+    return _platform.connection(sock)
 
 
-def request(sock: socket.socket, kind: int, req: int, args: list[Any], deadline: float) -> Any:
+def request(conn: Connection, kind: int, req: int, args: list[Any], deadline: float) -> Any:
     """Send ``[kind, req, *args]`` on ``sock`` and return the payload of its reply.
 
     Raises :class:`NoAnswer` when ``deadline`` (``time.monotonic()``) passes first and
@@ -90,22 +94,24 @@ def request(sock: socket.socket, kind: int, req: int, args: list[Any], deadline:
     data = msgpack.packb([kind, req, *args])
     while True:
         try:
-            sock.send(data, socket.MSG_DONTWAIT)
+            conn.send(data)
             break
         except BlockingIOError:
-            _wait(sock, select.POLLOUT, deadline)
+            _wait(conn.sock, select.POLLOUT, deadline)
         except OSError as exc:
             raise SenderGone(exc.strerror or str(exc)) from None
     while True:
-        _wait(sock, select.POLLIN, deadline)
+        if not conn.pending():
+            _wait(conn.sock, select.POLLIN, deadline)
         try:
-            data = sock.recv(MAX_CONTROL, socket.MSG_DONTWAIT)
+            got = conn.recv()
         except BlockingIOError:
             continue
         except OSError as exc:
             raise SenderGone(exc.strerror or str(exc)) from None
-        if not data:
+        if got is None:
             raise SenderGone("the sender closed the connection")
+        data = got
         try:
             msg = msgpack.unpackb(data, raw=False)
         except Exception:  # noqa: BLE001 - a garbled reply is skipped, the wait goes on
@@ -127,16 +133,6 @@ def _wait(sock: socket.socket, events: int, deadline: float) -> None:
         ready = bool(poller.poll(remaining * 1000))
     if not ready:
         raise NoAnswer("no answer in time")
-
-
-def _green() -> bool:
-    """Has a green-thread library (gevent, eventlet) replaced ``select.select``?
-
-    Then the wait must go through its hub, or every other greenlet of the process stops
-    while one flushes. eventlet deletes ``select.poll`` outright; gevent replaces it only
-    when it patches ``select`` aggressively. Looked up at each call: the app may patch
-    after importing mpsender."""
-    return not isinstance(select.select, types.BuiltinFunctionType)
 
 
 def _wait_green(sock: socket.socket, events: int, remaining: float) -> bool:

@@ -19,7 +19,7 @@ import time
 
 import msgpack
 
-from . import _start_failure
+from . import _platform, _start_failure
 from ._lograte import Throttle
 from ._options import Options
 from ._paths import Paths
@@ -108,6 +108,9 @@ def spawn_sender(options: Options, paths: Paths, lock_fd: int, *, wait: float) -
             "spool": str(paths.spool),
             "sys_path": [p for p in sys.path if isinstance(p, str)],
             "lock_fd": lock_fd,
+            # MPSENDER_* is not passed on (below): the sender must speak its creator's kind
+            # of connection, forced fallbacks included
+            "platform": _platform.FEATURES.mode,
         },
         use_bin_type=True,
     )

@@ -17,12 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import itertools
 import os
 import time
 from collections.abc import Callable
 
+from . import _platform
 from ._exceptions import ConfigurationError
 from ._layout import WAL_SUFFIX
 from ._paths import Paths
@@ -95,7 +95,7 @@ class WalWriter:
                 return -1
             name = self._new_name()
             try:
-                fd = self._create(name, lambda fd: fcntl.flock(fd, fcntl.LOCK_SH))
+                fd = self._create(name, lambda fd: _platform.lock(fd, shared=True))
             except OSError as exc:
                 self._retry_at = now + RETRY_AFTER
                 self._refused(exc)

@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from pathlib import Path
 import httpx
 import psutil
 
+from mpsender import _platform
 from mpsender._collector import Collector
 
 REPO = Path(__file__).resolve().parent.parent
@@ -105,9 +107,45 @@ def _proc(pid: int) -> psutil.Process | None:
         return None
 
 
+def without_mpsender(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: this process's) without MPSENDER_* configuration, but with the
+    platform switch: in CI's portable run every process the tests start must speak the
+    same kind of connection."""
+    env = os.environ if env is None else env
+    return {k: v for k, v in env.items() if not k.startswith("MPSENDER_") or k == _platform.MODE_ENV}
+
+
+def sender_socket_kind() -> int:
+    """The socket kind this run's senders listen with (a stream in the portable run)."""
+    return socket.SOCK_SEQPACKET if _platform.FEATURES.seqpacket else socket.SOCK_STREAM
+
+
+def send_message(sock: socket.socket, data: bytes) -> None:
+    """One protocol message on a plain blocking socket of :func:`sender_socket_kind`."""
+    sock.sendall(data if sock.type == socket.SOCK_SEQPACKET else struct.pack(">I", len(data)) + data)
+
+
+def recv_message(sock: socket.socket) -> bytes:
+    """One protocol message from a plain blocking socket; b"" when the sender closed it."""
+    if sock.type == socket.SOCK_SEQPACKET:
+        return sock.recv(1 << 20)
+    head = _recv_exactly(sock, 4)
+    return _recv_exactly(sock, struct.unpack(">I", head)[0]) if head else b""
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    buf = b""
+    while len(buf) < n:
+        chunk = sock.recv(n - len(buf))
+        if not chunk:
+            return b""
+        buf += chunk
+    return buf
+
+
 def app_env(endpoint: str, runtime_dir: str, **options: object) -> dict[str, str]:
     """Environment for an application subprocess configured through MPSENDER_*."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MPSENDER_")}
+    env = without_mpsender()
     env["MPSENDER_ENDPOINT"] = endpoint
     env["MPSENDER_WRITE_KEY"] = str(options.pop("write_key", "test-key"))
     env["MPSENDER_RUNTIME_DIR"] = runtime_dir

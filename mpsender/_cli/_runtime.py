@@ -4,7 +4,7 @@ A destination is a subdirectory of the runtime directory (its name is the destin
 id). Its sender is running when ``sender.json`` names a live process that psutil shows
 running ``python -m mpsender._sender <that directory>`` (so a reused pid is not taken
 for a sender). The control client speaks the application side of
-``mpsender._protocol``: one SOCK_SEQPACKET connection, ``[STATS, req]`` or
+``mpsender._protocol``: one connection, ``[STATS, req]`` or
 ``[STOP, req]``, answered ``[REPLY, req, payload]``. It never sends HELLO.
 """
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import sys
@@ -11,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import _wire
+from .. import _platform, _wire
 from .._client import Client
 from .._layout import DEADLETTER, LOCK, write_commits, write_state
 from .._sender._spool import Counters
@@ -341,7 +340,7 @@ def _purge(d: Destination, wals: list[WalInfo], events: int, *, keep_deadletter:
         raise c.CliError(f"cannot open {d.dir / 'sender.lock'}: {exc.strerror}") from exc
     try:
         try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _platform.lock(lock, wait=False)
         except BlockingIOError:
             raise c.CliError(f"a sender started for {d.id} meanwhile; stop it first") from None
         removed = skipped = purged_events = 0
@@ -353,7 +352,7 @@ def _purge(d: Destination, wals: list[WalInfo], events: int, *, keep_deadletter:
                 continue
             try:
                 try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    _platform.lock(fd, wait=False)
                 except BlockingIOError:
                     skipped += 1  # a live process still appends to it: deleting would lose its next events
                     continue

@@ -9,7 +9,6 @@ reaped by the app, and the sender lives on in its own session.
 
 from __future__ import annotations
 
-import fcntl
 import gc
 import logging
 import logging.handlers
@@ -18,7 +17,7 @@ import sys
 
 import msgpack
 
-from .. import _start_failure
+from .. import _platform, _start_failure
 from .._layout import START_FAILURE
 from .._options import Options
 
@@ -29,12 +28,13 @@ def main() -> int:
     config = msgpack.unpackb(sys.stdin.buffer.read(), raw=False)
     options = Options(**config["options"])
     lock_fd = int(config["lock_fd"])
+    _platform.use(str(config.get("platform", _platform.NATIVE)))  # before any socket or pipe
     for entry in config.get("sys_path", []):
         if entry not in sys.path:
             sys.path.append(entry)  # so on_error/on_delivery import paths resolve
     # Make sure the lock we were handed is held (started by hand: take it ourselves).
     try:
-        fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        _platform.lock(lock_fd, wait=False)
     except OSError:
         print(f"mpsender sender: another sender holds {dest}/sender.lock", file=sys.stderr)
         return 1

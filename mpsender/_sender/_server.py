@@ -14,7 +14,6 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,8 +22,10 @@ from typing import Any
 import msgpack
 
 from .. import _layout as layout
+from .. import _platform
 from .._lograte import Throttle
 from .._options import Options
+from .._platform import Connection, FrameError
 from .._protocol import FLUSH, HELLO, MAX_CONTROL, REPLY, STATS, STOP, WAKE
 from .._version import __version__
 from ._spool import Counters, Spool
@@ -39,7 +40,6 @@ _SAVE_EVERY = 5.0
 #: catches up, and the applications spill to their files meanwhile
 MAX_MEMORY_EVENTS = 100_000
 MAX_MEMORY_BYTES = 64 * 1024 * 1024
-_PEERCRED = struct.Struct("3i")
 #: a HELLO's drop report is read up to this many reasons (there is one today)
 _MAX_REPORTED_REASONS = 16
 
@@ -47,6 +47,7 @@ _MAX_REPORTED_REASONS = 16
 @dataclass(eq=False)
 class _Conn:
     sock: socket.socket
+    chan: Connection  # whole messages on sock, whichever socket kind (_platform)
     pid: int = 0
     client: bool = False  # sent HELLO: an application, not a status/stop request
 
@@ -74,7 +75,10 @@ class Server:
         self._sel = selectors.DefaultSelector()
         self._conns: dict[int, _Conn] = {}
         self._waiters: list[_Waiter] = []
-        self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wake_r, self._wake_w = _platform.nonblocking_pipe()
+        #: connections with a whole message already read off the socket (a framed stream
+        #: read ahead): served in the next pass without waiting for the socket
+        self._ready: set[_Conn] = set()
         self._buf = bytearray(MAX_CONTROL + 1)
         self._exiting = False
         self._paused = False
@@ -92,7 +96,7 @@ class Server:
             os.unlink(self.socket_path)  # stale: we hold the lock, so no sender owns it
         except FileNotFoundError:
             pass
-        lst = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        lst = _platform.unix_socket()
         lst.bind(self.socket_path)
         os.chmod(self.socket_path, 0o600)
         lst.listen(512)
@@ -122,7 +126,11 @@ class Server:
         signal.signal(signal.SIGINT, lambda *_: self._request_exit("SIGINT"))
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         while not self._exiting:
-            for key, _ in self._sel.select(self._timeout()):
+            ready: set[_Conn] = set()
+            if self._ready and not self._paused:
+                ready, self._ready = self._ready, set()
+            events = self._sel.select(0.0 if ready else self._timeout())
+            for key, _ in events:
                 try:
                     if key.data == "accept":
                         self._accept()
@@ -130,6 +138,12 @@ class Server:
                         _drain(self._wake_r)
                     else:
                         self._read(key.data)
+                except Exception:  # noqa: BLE001 - one bad client must not stop the sender
+                    _throttle.error("serve", "error while serving a connection", exc_info=True)
+            for conn in ready:
+                try:
+                    if conn.sock.fileno() >= 0 and not self._paused:  # not closed meanwhile
+                        self._read(conn)
                 except Exception:  # noqa: BLE001 - one bad client must not stop the sender
                     _throttle.error("serve", "error while serving a connection", exc_info=True)
             self._count_unspooled()
@@ -159,6 +173,8 @@ class Server:
             self._paused = False
             for conn in self._conns.values():
                 self._sel.register(conn.sock, selectors.EVENT_READ, conn)
+                if conn.chan.pending():
+                    self._ready.add(conn)
 
     def _clients(self) -> int:
         return sum(1 for c in self._conns.values() if c.client)
@@ -191,15 +207,15 @@ class Server:
                 sock, _ = self._listener.accept()
             except BlockingIOError:
                 return
-            pid, uid, _gid = _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
-            if uid != os.getuid():
+            pid, uid = _platform.peer_credentials(sock)
+            if uid is not None and uid != os.getuid():
                 _throttle.warning("uid", "refused a connection from uid %d (pid %d): only uid %d may send here",
                                   uid, pid, os.getuid())
                 self.counters.incident("refused_connections")
                 sock.close()
                 continue
             sock.setblocking(False)
-            conn = _Conn(sock, pid)
+            conn = _Conn(sock, _platform.connection(sock, self._buf), pid)
             self._conns[sock.fileno()] = conn
             if not self._paused:
                 self._sel.register(sock, selectors.EVENT_READ, conn)
@@ -211,6 +227,7 @@ class Server:
                 self._sel.unregister(conn.sock)
             self._conns.pop(fd, None)
         conn.sock.close()
+        self._ready.discard(conn)
         self._waiters = [w for w in self._waiters if w.conn is not conn]
         if conn.client and not self._clients():
             # only applications count: a monitor polling STATS must not keep us alive
@@ -219,21 +236,31 @@ class Server:
         self.uploader.client_left(application=conn.client)
 
     def _read(self, conn: _Conn) -> None:
-        buf = self._buf
+        recv = conn.chan.recv
         for _ in range(256):  # bounded, so one busy client cannot starve the others
             try:
-                n = conn.sock.recv_into(buf)
+                data = recv()
             except BlockingIOError:
+                return
+            except FrameError as exc:
+                self.counters.incident("bad_frames")
+                _throttle.warning("frame", "closing the connection of pid %d: %s", conn.pid, exc)
+                self._close(conn)
                 return
             except OSError:
                 self._close(conn)
                 return
-            if n == 0:
+            if data is None:
                 self._close(conn)
                 return
-            self._message(conn, bytes(buf[:n]))
+            if not data:
+                self.counters.incident("bad_frames")  # an empty frame (only a stream can carry one)
+                continue
+            self._message(conn, data)
             if self._paused:
                 return
+        if conn.chan.pending():
+            self._ready.add(conn)  # the socket may say nothing more: come back next pass
 
     def _message(self, conn: _Conn, data: bytes) -> None:
         first = data[0]
@@ -299,7 +326,7 @@ class Server:
 
     def _reply(self, conn: _Conn, req: int, payload: Any) -> None:
         try:
-            conn.sock.send(msgpack.packb([REPLY, req, payload], use_bin_type=True))
+            conn.chan.send(msgpack.packb([REPLY, req, payload], use_bin_type=True))
         except OSError as exc:
             logger.info("could not answer pid %d: %s", conn.pid, exc)
 

@@ -28,13 +28,13 @@ counted (see :meth:`Spool.settled`).
 from __future__ import annotations
 
 import collections
-import fcntl
 import logging
 import os
 import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import _platform
 from .._framing import scan
 from .._layout import COMMITS, commit_record, is_wal_name, parse_commits, parse_state, write_commits
 from .._lograte import Throttle
@@ -414,7 +414,7 @@ class Spool:
         if wf.final:
             return True
         try:
-            fcntl.flock(wf.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _platform.lock(wf.fd, wait=False)
         except BlockingIOError:
             return False
         except OSError:

@@ -26,7 +26,17 @@ from typing import Any
 
 import pytest
 import redis
-from support import REPO, ServerProcess, app_env, check, free_port, live_sender_pids, run_app, wait_for
+from support import (
+    REPO,
+    ServerProcess,
+    app_env,
+    check,
+    free_port,
+    live_sender_pids,
+    run_app,
+    wait_for,
+    without_mpsender,
+)
 
 from mpsender._collector import Collector
 
@@ -367,7 +377,7 @@ print("ok")
 def test_without_redis_server_the_redis_runs_are_skipped_with_the_reason(tmp_path: Path) -> None:
     """A developer without redis-server (``pip install -e '.[test]' && pytest`` alone) gets
     the Redis runs skipped, with how to install it, not failed."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MPSENDER_", "PYTEST_"))}
+    env = {k: v for k, v in without_mpsender().items() if not k.startswith("PYTEST_")}
     env["PATH"] = str(tmp_path)  # no redis-server on it (the worker runs through sys.executable)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-k", "failing_task and redis",

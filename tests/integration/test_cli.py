@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from support import REPO, app_env, check, live_sender_pids, run_app, wait_for
+from support import REPO, app_env, check, live_sender_pids, run_app, wait_for, without_mpsender
 
 from mpsender._collector import Collector, Faults
 
@@ -34,7 +34,7 @@ pytestmark = pytest.mark.timeout(90)
 
 def cli_env(**extra: str) -> dict[str, str]:
     """The user's environment without MPSENDER_*, with this checkout importable."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MPSENDER_")}
+    env = without_mpsender()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     env.update(extra)
     return env

@@ -17,7 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from support import app_env, check, live_sender_pids, run_app, wait_for
+from support import app_env, check, live_sender_pids, recv_message, run_app, send_message, sender_socket_kind, wait_for
 
 import mpsender
 from mpsender._collector import Collector
@@ -315,12 +315,12 @@ def test_status_polling_does_not_keep_an_idle_sender_alive(collector: Collector,
     (sock_path,) = Path(runtime_dir).glob("*/sender.sock")
 
     def poll_once() -> bool:
-        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET)
+        s = _socket.socket(_socket.AF_UNIX, sender_socket_kind())
         try:
             s.connect(str(sock_path))
-            s.send(msgpack.packb([STATS, 1]))
+            send_message(s, msgpack.packb([STATS, 1]))
             s.settimeout(2)
-            return bool(s.recv(65536))
+            return bool(recv_message(s))
         except OSError:
             return False  # gone: what we wait for
         finally:

@@ -21,7 +21,18 @@ from typing import ClassVar
 import msgpack
 import psutil
 import pytest
-from support import REPO, app_env, check, live_sender_pids, run_app, sender_infos, wait_for
+from support import (
+    REPO,
+    app_env,
+    check,
+    live_sender_pids,
+    recv_message,
+    run_app,
+    send_message,
+    sender_infos,
+    sender_socket_kind,
+    wait_for,
+)
 
 import mpsender
 from mpsender._collector import Collector, Faults
@@ -549,13 +560,13 @@ print(dict(first.dropped), dict(second.dropped))
                             capture_output=True, text=True, timeout=30, env=env, cwd=str(REPO))
     assert json.loads(status.stdout)[0]["dropped"] == {"spill_failed": 200}, status
     # an older client's 4-element HELLO, and a report that is not {reason: count}, count nothing
-    with socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET) as sock:
+    with socket.socket(socket.AF_UNIX, sender_socket_kind()) as sock:
         sock.settimeout(10)
         sock.connect(str(next(iter(sender_infos(runtime_dir)))["socket"]))
-        sock.send(msgpack.packb([HELLO, 1, [], "0.0.1"]))
-        sock.send(msgpack.packb([HELLO, 1, [], "0.0.1", {"spill_failed": -5, "x": "y", "": 3}]))
-        sock.send(msgpack.packb([STATS, 7]))
-        kind, req, answer = msgpack.unpackb(sock.recv(1 << 20))
+        send_message(sock, msgpack.packb([HELLO, 1, [], "0.0.1"]))
+        send_message(sock, msgpack.packb([HELLO, 1, [], "0.0.1", {"spill_failed": -5, "x": "y", "": 3}]))
+        send_message(sock, msgpack.packb([STATS, 7]))
+        kind, req, answer = msgpack.unpackb(recv_message(sock))
     assert (kind, req) == (REPLY, 7) and answer["dropped"] == {"spill_failed": 200}
 
 
@@ -600,7 +611,7 @@ def test_private_files_and_no_key_leaks(client_factory, collector: Collector) ->
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to run a child as another uid")
 def test_connection_from_another_uid_is_refused(client_factory) -> None:
-    """A process of another user that reaches the socket is refused (SO_PEERCRED)."""
+    """A process of another user that reaches the socket is refused (its peer credentials)."""
     client = client_factory()
     assert client.start(wait=10)
     paths = client.paths
@@ -610,7 +621,7 @@ def test_connection_from_another_uid_is_refused(client_factory) -> None:
     code = f"""
 import os, socket
 os.setgid(65534); os.setuid(65534)
-s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+s = socket.socket(socket.AF_UNIX, {sender_socket_kind()})
 s.connect({str(paths.socket)!r})
 s.settimeout(10)
 print("refused" if s.recv(100) == b"" else "accepted")

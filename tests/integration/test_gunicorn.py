@@ -30,6 +30,7 @@ from support import (
     one_sender,
     run_load,
     wait_for,
+    without_mpsender,
 )
 
 from mpsender._collector import Collector
@@ -197,7 +198,7 @@ def test_hooks_without_configuration_warn_and_the_apps_own_init_works(
         tmp_path: Path, collector: Collector, runtime_dir: str, servers: list[Gunicorn]) -> None:
     """The example's hooks with no MPSENDER_* configuration: they log a warning, never stop
     gunicorn, and the app's own init(...) with options in code delivers every event."""
-    env = {k: v for k, v in app_env(collector.url, runtime_dir).items() if not k.startswith("MPSENDER_")}
+    env = without_mpsender(app_env(collector.url, runtime_dir))
     env.update(APP_ENDPOINT=collector.url, APP_RUNTIME_DIR=runtime_dir)
     (tmp_path / "explicit_app.py").write_text(EXPLICIT_APP)
     server = Gunicorn(tmp_path, env, ["-w", "2"], app="explicit_app:app")

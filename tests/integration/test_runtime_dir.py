@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import REPO, check, kill_senders, live_sender_pids, run_app
+from support import REPO, check, kill_senders, live_sender_pids, run_app, without_mpsender
 
 from mpsender._collector import Collector
 
@@ -47,7 +47,7 @@ def places() -> Iterator[dict[str, Path]]:
 
 
 def _env(collector: Collector, tmpdir: Path, xdg: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MPSENDER_")}
+    env = without_mpsender()
     env.update(TMPDIR=str(tmpdir), XDG_RUNTIME_DIR=str(xdg), MPSENDER_ENDPOINT=collector.url,
                MPSENDER_WRITE_KEY="k", MPSENDER_FLUSH_INTERVAL="0.05", MPSENDER_LINGER="2",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH", "")])))

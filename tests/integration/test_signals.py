@@ -75,7 +75,7 @@ print(json.dumps(results))
 # (C call or Python function, inside which function, how many signals, events, event size)
 CASES = {
     # the first write opens the write-ahead file under the setup lock
-    "first write": ("flock", "_open_wal,<lambda>,open", 1, 20, 10),
+    "first write": ("flock", "_open_wal,<lambda>,open,lock", 1, 20, 10),
     # rotation (4 MiB) retires the file under the setup lock
     "rotation": ("fstat", "_retire,retire", 1, 200, 25_000),
     # the once-a-second check looks at the connection (under the setup lock, once)

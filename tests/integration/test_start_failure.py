@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import REPO, app_env, check, live_sender_pids, run_app
+from support import REPO, app_env, check, live_sender_pids, run_app, without_mpsender
 
 from mpsender._collector import Collector
 from mpsender._layout import START_FAILURE
@@ -48,7 +48,7 @@ def bare_python(tmp_path: Path) -> str:
 def status(runtime_dir: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = app_env("http://127.0.0.1:1", runtime_dir)
     return subprocess.run([sys.executable, "-m", "mpsender", "status", "--runtime-dir", runtime_dir, *args],
-                          env={k: v for k, v in env.items() if not k.startswith("MPSENDER_")},
+                          env=without_mpsender(env),
                           capture_output=True, text=True, timeout=30, cwd=str(REPO))
 
 

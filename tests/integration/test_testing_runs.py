@@ -12,7 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from support import REPO, live_sender_pids
+from support import REPO, live_sender_pids, without_mpsender
 
 from mpsender._collector import Collector
 
@@ -147,7 +147,7 @@ class WithMixin(mpsender.testing.CaptureMixin, SimpleTestCase):
 def user_env(collector: Collector, runtime_dir: str, **extra: str) -> dict[str, str]:
     """A developer's shell: the write key and endpoint exported (a real collector), the
     runtime directory the test watches; no PYTEST_* variables of this run."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MPSENDER_", "PYTEST_"))}
+    env = {k: v for k, v in without_mpsender().items() if not k.startswith("PYTEST_")}
     env.update(MPSENDER_WRITE_KEY="real-key", MPSENDER_ENDPOINT=collector.url, MPSENDER_RUNTIME_DIR=runtime_dir,
                MPSENDER_FLUSH_INTERVAL="0.05", MPSENDER_LINGER="1")
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from mpsender import _protocol
+from mpsender import _platform, _protocol
 
 
 @pytest.fixture
@@ -69,4 +69,4 @@ def test_a_patched_wait_sees_the_sender_hang_up(
     b.close()
     _protocol._wait(a, select.POLLIN, time.monotonic() + 1.0)
     with pytest.raises(_protocol.SenderGone):
-        _protocol.request(a, _protocol.STATS, 1, [], time.monotonic() + 1.0)
+        _protocol.request(_platform.connection(a), _protocol.STATS, 1, [], time.monotonic() + 1.0)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import REPO, live_sender_pids
+from support import REPO, live_sender_pids, without_mpsender
 
 import mpsender
 from mpsender import NotInitializedError, _api, _testrun
@@ -320,7 +320,7 @@ def test_disabled_outside_a_test_run_stays_silent(monkeypatch: pytest.MonkeyPatc
 def run_pytest(target: Path | str, cwd: Path) -> subprocess.CompletedProcess[str]:
     """Run pytest on ``target`` in a fresh interpreter with the mpsender plugin loaded
     explicitly (``-p no:mpsender`` keeps an installed entry point from loading it twice)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("MPSENDER_", "PYTEST_"))}
+    env = {k: v for k, v in without_mpsender().items() if not k.startswith("PYTEST_")}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:mpsender",
