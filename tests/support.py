@@ -152,6 +152,10 @@ def app_env(endpoint: str, runtime_dir: str, **options: object) -> dict[str, str
     for name, value in options.items():
         env[f"MPSENDER_{name.upper()}"] = str(value)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    # The app's own temporary files in the (short) runtime directory, whatever the shell's
+    # TMPDIR: multiprocessing's forkserver binds an AF_UNIX socket there, and a long TMPDIR
+    # makes Python itself fail ("AF_UNIX path too long"), mpsender or not.
+    env["TMPDIR"] = runtime_dir
     return env
 
 

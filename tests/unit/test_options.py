@@ -113,9 +113,10 @@ def test_runtime_dir_too_long_for_a_socket_is_refused(tmp_path: Path) -> None:
         prepare_paths(Options(**BASE, runtime_dir=str(long_dir)))
 
 
-def test_the_first_usable_runtime_dir_is_taken_and_the_rest_left_alone(tmp_path: Path) -> None:
+def test_the_first_usable_runtime_dir_is_taken_and_the_rest_left_alone(runtime_dir: str) -> None:
     """Places that are too long, not directories or not ours are passed over; the first
     usable one is made (0700); the ones after it are not touched."""
+    tmp_path = Path(runtime_dir)  # a short path whatever TMPDIR is: only the long places are long
     squat = tmp_path / "squat"
     squat.write_text("")
     places = [str(tmp_path / ("x" * 120) / "rt"), str(squat), str(tmp_path / "ok"), str(tmp_path / "later")]
@@ -125,8 +126,9 @@ def test_the_first_usable_runtime_dir_is_taken_and_the_rest_left_alone(tmp_path:
     assert resolve_runtime_dir(str(tmp_path / "given"), candidates=places) == str(tmp_path / "given")
 
 
-def test_no_usable_runtime_dir_names_every_place_and_the_variable(tmp_path: Path) -> None:
+def test_no_usable_runtime_dir_names_every_place_and_the_variable(runtime_dir: str) -> None:
     """When no place can be used, the error says why for each and names MPSENDER_RUNTIME_DIR."""
+    tmp_path = Path(runtime_dir)  # a short path whatever TMPDIR is: only the long places are long
     squat = tmp_path / "squat"
     squat.write_text("")
     places = [str(tmp_path / ("x" * 120)), str(squat / "rt")]
