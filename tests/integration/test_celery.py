@@ -234,17 +234,7 @@ def test_max_tasks_per_child_1_every_task_gives_its_events(
     workers.append(worker)
     worker.start()
     n = 24
-    ids = send(worker_env, f"tasks.signup.delay(f'user-{{i}}', 'pro') for i in range({n})")
-    assert collector.wait_for(
-        lambda c: len({e["messageId"] for e in by_event(c, TASK_EVENT)}) >= n, 60), worker.output()
-
-    signups = unique_per_key(by_event(collector, "Signed Up"), lambda e: e["userId"])
-    assert signups.keys() == {f"user-{i}" for i in range(n)}, worker.output()
-    assert all(len(m) == 1 for m in signups.values()), signups
-    finished = unique_per_key(by_event(collector, TASK_EVENT), lambda e: e["properties"]["task_id"])
-    assert finished.keys() == set(ids)
-    assert all(len(m) == 1 for m in finished.values()), finished
-    assert len(set(collector.message_ids())) == 2 * n  # nothing else came
+    _every_task_gives_its_two_events(worker, worker_env, collector, n)
     for e in by_event(collector, TASK_EVENT):
         p = e["properties"]
         assert (p["task"], p["state"], p["queue"], p["retries"]) == ("tasks.signup", "SUCCESS", "celery", 0)
@@ -267,17 +257,24 @@ def test_thread_and_solo_pools_give_every_task_its_events(
     worker = CeleryWorker(tmp_path, worker_env, args, pool=pool)
     workers.append(worker)
     worker.start()
-    n = 24
-    ids = send(worker_env, f"tasks.signup.delay(f'user-{{i}}', 'pro') for i in range({n})")
+    _every_task_gives_its_two_events(worker, worker_env, collector, 24)
+    assert len(live_sender_pids(runtime_dir)) == 1
+
+
+def _every_task_gives_its_two_events(worker: CeleryWorker, env: dict[str, str], collector: Collector,
+                                     n: int) -> None:
+    """Send ``n`` signup tasks: each gives one "Signed Up" and one task-finished event,
+    once each, and nothing else comes."""
+    ids = send(env, f"tasks.signup.delay(f'user-{{i}}', 'pro') for i in range({n})")
     assert collector.wait_for(
         lambda c: len({e["messageId"] for e in by_event(c, TASK_EVENT)}) >= n, 60), worker.output()
     signups = unique_per_key(by_event(collector, "Signed Up"), lambda e: e["userId"])
     assert signups.keys() == {f"user-{i}" for i in range(n)}, worker.output()
     assert all(len(m) == 1 for m in signups.values()), signups
     finished = unique_per_key(by_event(collector, TASK_EVENT), lambda e: e["properties"]["task_id"])
-    assert finished.keys() == set(ids) and all(len(m) == 1 for m in finished.values())
-    assert len(set(collector.message_ids())) == 2 * n
-    assert len(live_sender_pids(runtime_dir)) == 1
+    assert finished.keys() == set(ids)
+    assert all(len(m) == 1 for m in finished.values()), finished
+    assert len(set(collector.message_ids())) == 2 * n  # nothing else came
 
 
 @pytest.mark.slow
