@@ -355,6 +355,23 @@ class Load:
         return {i for i, status in self.results.items() if status == 200}
 
 
+def assert_stuck_request_is_cut(url: str, timeout: float) -> None:
+    """GET ``url`` (a request that hangs its worker) and wait: the server kills the stuck
+    worker within ``timeout``, so the request ends without a 200 (an error or a 5xx)."""
+    result: list[object] = []
+
+    def get() -> None:
+        try:
+            result.append(httpx.get(url, timeout=timeout * 2).status_code)
+        except httpx.HTTPError as exc:
+            result.append(exc)
+
+    getter = threading.Thread(target=get, daemon=True)
+    getter.start()
+    getter.join(timeout)  # returns once the server has killed the stuck worker
+    assert not getter.is_alive() and result and result[0] != 200, result
+
+
 def run_load(url: str, ids: Iterable[int], *, concurrency: int = 8, interval: float = 0.0,
              during: Callable[[Load], None] | None = None, keepalive: bool = True) -> Load:
     load = Load(url, ids, concurrency=concurrency, interval=interval, keepalive=keepalive).start()

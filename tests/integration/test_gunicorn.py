@@ -11,10 +11,8 @@ import itertools
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 from support import (
@@ -24,6 +22,7 @@ from support import (
     SenderWatch,
     app_env,
     assert_delivered,
+    assert_stuck_request_is_cut,
     free_port,
     gunicorn_control_args,
     live_sender_pids,
@@ -138,10 +137,7 @@ def test_every_request_gives_one_event_through_one_sender(
     servers.append(server)
     server.start()
     n = 160
-    with SenderWatch(runtime_dir) as watch:
-        load = run_load(server.url, range(n))
-    assert_delivered(collector, set(range(n)), load.ok(), server, exact=True)
-    assert len(watch.seen) == 1, f"senders seen during the load: {watch.seen}"
+    watch = _n_requests_n_events(server, collector, runtime_dir, n)
     assert one_sender(runtime_dir) in watch.seen
     # no thread in the master (Python 3.12+ warns at every fork of a threaded process)
     assert psutil.Process(server.pid).num_threads() == 1
@@ -173,12 +169,17 @@ def test_eventlet_workers_give_one_event_per_request_through_one_sender(
     server = Gunicorn(tmp_path, env, ["-w", "4", "-k", "eventlet", *(["--preload"] if preload else [])])
     servers.append(server)
     server.start()
-    n = 160
+    _n_requests_n_events(server, collector, runtime_dir, 160)
+    assert server.stop() == 0, server.output()
+
+
+def _n_requests_n_events(server: Gunicorn, collector: Collector, runtime_dir: str, n: int) -> SenderWatch:
+    """n requests under load: n events, each once, and one sender seen all along."""
     with SenderWatch(runtime_dir) as watch:
         load = run_load(server.url, range(n))
     assert_delivered(collector, set(range(n)), load.ok(), server, exact=True)
     assert len(watch.seen) == 1, f"senders seen during the load: {watch.seen}"
-    assert server.stop() == 0, server.output()
+    return watch
 
 
 EXPLICIT_APP = '''"""The example app, with init(...) options in code at import and nothing in the environment."""
@@ -269,19 +270,9 @@ def test_a_worker_killed_by_gunicorn_timeout_loses_nothing(
     server = Gunicorn(tmp_path, env, ["-w", "3", "--timeout", "2"], app="hang_app:app")
     servers.append(server)
     server.start()
-    hang_result: list[object] = []
-
-    def hang() -> None:
-        try:
-            hang_result.append(httpx.get(server.url + "/hang", timeout=60).status_code)
-        except httpx.HTTPError as exc:
-            hang_result.append(exc)
 
     def during(load: Load) -> None:
-        hanger = threading.Thread(target=hang, daemon=True)
-        hanger.start()
-        hanger.join(30)  # returns once gunicorn has killed the stuck worker
-        assert not hanger.is_alive() and hang_result and hang_result[0] != 200, hang_result
+        assert_stuck_request_is_cut(server.url + "/hang", 30)  # gunicorn's timeout kills the worker
         load.wait_done(load.done + 40)  # and the server goes on answering
         load.stop()
 

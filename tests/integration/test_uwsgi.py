@@ -17,10 +17,8 @@ import itertools
 import os
 import signal
 import sys
-import threading
 from pathlib import Path
 
-import httpx
 import psutil
 import pytest
 from support import (
@@ -29,6 +27,7 @@ from support import (
     Load,
     SenderWatch,
     assert_delivered,
+    assert_stuck_request_is_cut,
     free_port,
     one_sender,
     run_load,
@@ -145,19 +144,9 @@ def test_a_worker_killed_by_harakiri_loses_nothing(
     ini.write_text((EXAMPLE / "uwsgi.ini").read_text().replace("module = app:application",
                                                                "module = hang_app:application"))
     server = start(servers, Uwsgi(tmp_path, env, ["--harakiri", "1"], ini=ini))
-    hang_result: list[object] = []
-
-    def hang() -> None:
-        try:
-            hang_result.append(httpx.get(server.url + "/hang", timeout=30).status_code)
-        except httpx.HTTPError as exc:
-            hang_result.append(exc)
 
     def during(load: Load) -> None:
-        hanger = threading.Thread(target=hang, daemon=True)
-        hanger.start()
-        hanger.join(20)  # returns once the master has killed the stuck worker
-        assert not hanger.is_alive() and hang_result and hang_result[0] != 200, hang_result
+        assert_stuck_request_is_cut(server.url + "/hang", 20)  # harakiri kills the worker
         load.wait_done(load.done + 40)  # and the server goes on answering
         load.stop()
 
