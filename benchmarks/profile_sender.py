@@ -36,7 +36,16 @@ from typing import Any, ClassVar
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import EVENT, PROPERTIES, WRITE_KEY, CollectorProcess, padded_properties, proc_cpu
+from _common import (
+    EVENT,
+    PROPERTIES,
+    WRITE_KEY,
+    CollectorProcess,
+    padded_properties,
+    proc_cpu,
+    realistic_properties,
+    realistic_user_id,
+)
 
 if "--no-orjson" in sys.argv or "--no-fast" in sys.argv:
     sys.modules["orjson"] = None  # type: ignore[assignment]  # as if the optional extra were not installed
@@ -74,8 +83,9 @@ class _StubHTTP:
         pass
 
 
-def fill_spool(spool_dir: str, events: int, files: int, props: dict[str, Any]) -> int:
-    """Write ``events`` frames as track() would, round-robin over ``files`` files."""
+def fill_spool(spool_dir: str, events: int, files: int, props: dict[str, Any] | None) -> int:
+    """Write ``events`` frames as track() would, round-robin over ``files`` files;
+    ``props`` None: a fresh request-like event each (``_common.realistic_properties``)."""
     prefix = os.urandom(8)
     seq = itertools.count(0x8000_0000_0000_0000)
     fds = [os.open(os.path.join(spool_dir, f"{1000 + i}-bench-{i}.wal"),
@@ -86,6 +96,13 @@ def fill_spool(spool_dir: str, events: int, files: int, props: dict[str, Any]) -
     rng = random.Random(1)
     for i in range(events):
         # what varies between real events varies here, so gzip sees a realistic ratio
+        if props is None:
+            rec = {"t": "track", "e": EVENT, "p": realistic_properties(i % files, i), "u": realistic_user_id(i % files, i),
+                   "m": prefix + next(seq).to_bytes(8, "big"), "ts": now + i * 1e-4}
+            data = frame(pack(rec))
+            size += len(data)
+            chunks[i % files].append(data)
+            continue
         p = {**props, "order_id": f"ord-{rng.getrandbits(40):010x}", "revenue": round(rng.uniform(1, 500), 2),
              "items": rng.randrange(1, 9)}
         rec = {"t": "track", "e": EVENT, "p": p, "u": f"user-{rng.randrange(5000):04d}",
@@ -102,7 +119,7 @@ def fill_spool(spool_dir: str, events: int, files: int, props: dict[str, Any]) -
 def run(args: argparse.Namespace, url: str | None) -> dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix="mpb-spool-", dir="/tmp")
     try:
-        props = padded_properties(args.size) if args.size else PROPERTIES
+        props = None if args.realistic else padded_properties(args.size) if args.size else PROPERTIES
         spool_bytes = fill_spool(tmp, args.events, args.files, props)
         opts = Options(write_key=WRITE_KEY, endpoint=url or "http://127.0.0.1:9",
                        batch_size=args.batch_size, flush_interval=0.001, gzip=not args.no_gzip)
@@ -183,6 +200,8 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--files", type=int, default=4)
     ap.add_argument("--batch-size", type=int, default=1000)
+    ap.add_argument("--realistic", action="store_true",
+                    help="a fresh request-like event per record (20 keys, nested, as bench_paced.py)")
     ap.add_argument("--size", type=int, default=0, help="pad the record to about this many bytes")
     ap.add_argument("--no-gzip", action="store_true")
     ap.add_argument("--http", action="store_true", help="post to a real local collector")

@@ -48,8 +48,10 @@ _throttle = Throttle(logger)  # warnings every batch or housekeeping pass can me
 
 #: how often the uploader looks for new files, enforces the disk bound, deletes
 HOUSEKEEPING = 1.0
-#: with a partial batch waiting for its age, look for a full one this often
+#: a partial batch is looked at again after this long at first, to learn how fast it fills
 _PARTIAL_POLL = 0.05
+#: and never sooner than this, whatever rate it fills at
+_MIN_PARTIAL_WAIT = 0.005
 _AUTH_PAUSE = 30.0
 #: zlib level of request bodies. Level 1 deflates a batch of JSON events much faster than
 #: level 6 for a few more bytes (benchmarks/README.md, "The fast extra"): the sender
@@ -284,10 +286,29 @@ class Uploader(threading.Thread):
             if first_at is None:
                 self._sleep(HOUSEKEEPING)
             else:
-                # A partial batch is waiting for its age: look again soon for a full one,
-                # without the doorbell, so writers do not wake us for every event.
-                self._wake.wait(min(_PARTIAL_POLL, max(0.0, first_at + opts.flush_interval - now)))
+                # A partial batch is waiting for its age, without the doorbell (writers do
+                # not wake us for every event): look again when it is that old, or when it
+                # should be full at the rate it has been filling, whichever comes first.
+                self._wake.wait(self._partial_wait(now, first_at))
                 self._wake.clear()
+
+    def _partial_wait(self, now: float, first_at: float) -> float:
+        """How long a partial batch first seen at ``first_at`` can wait before the next
+        look: until it is ``flush_interval`` old, or until the events and bytes that came
+        in since ``first_at`` would have filled it at the same rate. Each look costs a read
+        of the spool and a pass of this loop; one per batch is what it should take."""
+        opts = self.options
+        left = first_at + opts.flush_interval - now
+        elapsed = now - first_at
+        count = size = 0
+        for e in self._pending:
+            if e.payload is not None:
+                count += 1
+                size += len(e.wire) + 1
+        if elapsed < _PARTIAL_POLL or not count:
+            return max(0.0, min(_PARTIAL_POLL, left))  # no rate to go by yet
+        to_full = elapsed * min((opts.batch_size - count) / count, (opts.batch_bytes - 64 - size) / size)
+        return max(0.0, min(left, max(_MIN_PARTIAL_WAIT, to_full)))
 
     def _sleep(self, timeout: float) -> None:
         """Idle: raise the doorbell so the next writer wakes us, then wait. A flush that
