@@ -10,6 +10,10 @@ endpoint is a closed port on 127.0.0.1, so it keeps the events in the spool and 
 what ``track()`` costs does not depend on the endpoint. ``bench_compare.py`` measures the
 same thing in a fresh process with a live collector, against the peers; this one is
 for comparing two versions of the library quickly (run them interleaved).
+
+``--realistic``: each call tracks a fresh request-like event (``_common.realistic_properties``:
+20 keys, nested, ~650 B as JSON, and a varying user id), built just before the call and
+outside the timed region, as a request handler would build it (issue 15's event).
 """
 
 from __future__ import annotations
@@ -22,7 +26,16 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import EVENT, PROPERTIES, USER_ID, WRITE_KEY, end_runtime_dir, new_runtime_dir
+from _common import (
+    EVENT,
+    PROPERTIES,
+    USER_ID,
+    WRITE_KEY,
+    end_runtime_dir,
+    new_runtime_dir,
+    realistic_properties,
+    realistic_user_id,
+)
 
 import mpsender
 
@@ -31,6 +44,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=200_000)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--realistic", action="store_true", help="a fresh request-like event per call")
     args = ap.parse_args()
     runtime_dir = new_runtime_dir()
     client = mpsender.Client(WRITE_KEY, "http://127.0.0.1:9", runtime_dir=runtime_dir, linger=0.5)
@@ -41,10 +55,17 @@ def main() -> int:
         times = array.array("q", bytes(8 * args.calls))
         medians = []
         for _ in range(args.rounds):
-            for i in range(args.calls):
-                t0 = clock()
-                track(EVENT, user_id=USER_ID, properties=PROPERTIES)
-                times[i] = clock() - t0
+            if args.realistic:
+                for i in range(args.calls):
+                    props, user = realistic_properties(0, i), realistic_user_id(0, i)
+                    t0 = clock()
+                    track(EVENT, user_id=user, properties=props)
+                    times[i] = clock() - t0
+            else:
+                for i in range(args.calls):
+                    t0 = clock()
+                    track(EVENT, user_id=USER_ID, properties=PROPERTIES)
+                    times[i] = clock() - t0
             ordered = sorted(times)
             median, p99 = ordered[len(ordered) // 2] / 1000, ordered[int(len(ordered) * 0.99)] / 1000
             medians.append(median)

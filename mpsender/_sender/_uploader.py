@@ -139,6 +139,10 @@ class Uploader(threading.Thread):
         self.route = setup.route
         logger.info("sending to %s %s", redact_url(self.url), setup.route)
         self._pending: deque[Entry] = deque()
+        #: events in _pending (corrupt regions not counted) and their wire bytes (with a
+        #: comma each): whether a batch is full is known without a pass over them
+        self._pending_count = 0
+        self._pending_bytes = 0
         self._handoff: queue.Queue[list[Entry] | None] = queue.Queue(maxsize=1)
         self._next_housekeeping = 0.0
         self._next_fsync = 0.0
@@ -300,11 +304,7 @@ class Uploader(threading.Thread):
         opts = self.options
         left = first_at + opts.flush_interval - now
         elapsed = now - first_at
-        count = size = 0
-        for e in self._pending:
-            if e.payload is not None:
-                count += 1
-                size += len(e.wire) + 1
+        count, size = self._pending_count, self._pending_bytes
         if elapsed < _PARTIAL_POLL or not count:
             return max(0.0, min(_PARTIAL_POLL, left))  # no rate to go by yet
         to_full = elapsed * min((opts.batch_size - count) / count, (opts.batch_bytes - 64 - size) / size)
@@ -332,7 +332,7 @@ class Uploader(threading.Thread):
         now = time.time()
         too_old = now - opts.max_event_age if opts.max_event_age is not None else None
         encode = self.encoder.encode
-        received = 0
+        received = queued = queued_bytes = 0
         for e in entries:
             payload = e.payload
             if payload is None:
@@ -358,25 +358,37 @@ class Uploader(threading.Thread):
                 e.payload = None
                 continue
             e.payload = b""  # decoded: free the packed bytes
+            queued += 1
+            queued_bytes += len(wire) + 1
         self.counters.received += received
         self._pending.extend(entries)
+        self._pending_count += queued
+        self._pending_bytes += queued_bytes
 
     def _cut(self, *, force: bool) -> list[Entry]:
         """Take a batch off the front of the pending records, keeping their order."""
         opts = self.options
         budget = opts.batch_bytes - 64  # room for the envelope
+        pending = self._pending
+        if (not force and 0 < self._pending_count < opts.batch_size
+                and self._pending_bytes <= budget):
+            return []  # not full yet: wait for more (known without a pass over them)
         batch: list[Entry] = []
         count = size = 0
-        pending = self._pending
+        full = False
         while pending:
             e = pending[0]
             if e.payload is not None:
-                if count >= opts.batch_size or size + len(e.wire) + 1 > budget:
-                    return batch
+                # (the first event always goes: one that fills a batch alone still leaves)
+                if count and (count >= opts.batch_size or size + len(e.wire) + 1 > budget):
+                    full = True
+                    break
                 count += 1
                 size += len(e.wire) + 1
             batch.append(pending.popleft())
-        if count >= opts.batch_size or force or (batch and count == 0):
+        if full or count >= opts.batch_size or force or (batch and count == 0):
+            self._pending_count -= count
+            self._pending_bytes -= size
             return batch
         # not full yet: put it back and wait for more
         pending.extendleft(reversed(batch))

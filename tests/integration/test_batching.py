@@ -8,6 +8,8 @@ import time
 
 import pytest
 
+import mpsender
+
 from mpsender._collector import Collector
 
 pytestmark = pytest.mark.timeout(90)
@@ -64,3 +66,23 @@ def test_slow_then_burst_then_slow_every_event_leaves_within_flush_interval(
     # 3,000 small events are three batches of 1,000; the slow phases around the burst
     # may share a request with its first and last events
     assert burst_requests <= 5, f"the burst left in {burst_requests} requests"
+
+
+def test_an_event_that_fills_a_batch_alone_still_leaves(client_factory, collector: Collector) -> None:
+    """With max_message_bytes as large as batch_bytes, an event whose JSON leaves no room
+    for the request's envelope is sent alone rather than held forever: events of every
+    size up to the limit arrive (or are refused at track() or counted as oversize)."""
+    limit = 3000
+    client = client_factory(batch_bytes=limit, max_message_bytes=limit)
+    tracked = 0
+    for pad in range(limit - 420, limit, 3):
+        try:
+            client.track("E", user_id="u", properties={"pad": "x" * pad})
+        except mpsender.EventTooLargeError:
+            continue
+        tracked += 1
+    assert tracked > 100
+    assert client.flush(timeout=20), "a batch never left"
+    stats = client.stats(timeout=5)
+    assert stats.sender is not None
+    assert collector.count() + stats.sender.dropped.get("oversize", 0) == tracked
