@@ -88,6 +88,8 @@ class Timed:
                 f"timed({self._event!r}) cannot decorate the generator function {_name(fn)}: its body runs "
                 "while the generator is iterated, not when it is called; time the loop that consumes it "
                 f"with `with mpsender.timed({self._event!r}):`")
+        if isinstance(fn, (staticmethod, classmethod)):
+            raise EventTypeError(f"timed({self._event!r}) goes below @{type(fn).__name__}, not above it")
         if not callable(fn):
             raise EventTypeError(f"timed({self._event!r}) decorates a function, not {type(fn).__qualname__}")
         if inspect.iscoroutinefunction(fn):

@@ -120,6 +120,27 @@ def test_an_async_function_that_raises_propagates_it_unchanged() -> None:
     assert props(events.named("Async Charge")[0])["outcome"] == "error"
 
 
+def test_a_cancelled_coroutine_is_an_error_and_the_cancellation_propagates() -> None:
+    """Cancelling the awaiting task reaches it as CancelledError; the event says so."""
+    started = asyncio.Event()
+
+    @mpsender.timed("Slow")
+    async def slow() -> None:
+        started.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    async def main() -> None:
+        task = asyncio.ensure_future(slow())
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    with capture() as events:
+        asyncio.run(main())
+    assert (props(events[0])["outcome"], props(events[0])["error_type"]) == ("error", "asyncio.exceptions.CancelledError")
+
+
 def test_the_decorated_function_keeps_its_metadata() -> None:
     """Name, qualified name, docstring, signature and coroutine-ness are the function's own."""
 
@@ -171,6 +192,8 @@ def test_generator_functions_are_refused_at_decoration() -> None:
         mpsender.timed("Numbers")(numbers)
     with pytest.raises(EventTypeError, match="generator function"):
         mpsender.timed("Numbers")(anumbers)
+    with pytest.raises(EventTypeError, match="goes below @staticmethod"):
+        mpsender.timed("Numbers")(staticmethod(numbers))
     with pytest.raises(EventTypeError, match="decorates a function, not int"):
         mpsender.timed("Numbers")(5)  # type: ignore[arg-type, misc]
 
