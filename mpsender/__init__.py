@@ -32,6 +32,7 @@ from ._exceptions import (
 )
 from ._options import Options
 from ._stats import ProcessStats, SenderStats, Stats
+from ._timed import timed
 from ._version import __version__
 
 __all__ = [
@@ -61,6 +62,7 @@ __all__ = [
     "screen",
     "shutdown",
     "stats",
+    "timed",
     "track",
 ]
 

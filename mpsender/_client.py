@@ -8,7 +8,7 @@ import socket
 import time
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import _platform
 from ._enrich import enrichment
@@ -27,6 +27,9 @@ from ._paths import Paths, prepare_paths
 from ._sink import SenderSink, Sink
 from ._stats import ProcessStats, SenderStats, Stats
 from ._testrun import outside_capture
+
+if TYPE_CHECKING:
+    from ._timed import Timed
 
 logger = logging.getLogger(__name__)
 
@@ -344,6 +347,14 @@ class Client:
             self.track("$error", user_id=user_id, anonymous_id=anonymous_id, properties=props)
         except MpsenderError:  # over a very small max_message_bytes: counted once more, and given up
             pass
+
+    def timed(self, event: str, /, *, user_id: str | None = None, anonymous_id: str | None = None,
+              **properties: Any) -> Timed:
+        """:func:`mpsender.timed` on this client: a decorator and context manager that
+        tracks ``event`` with ``duration``, ``outcome`` and ``properties``."""
+        from ._timed import Timed  # here: _timed imports the module-level client's home
+
+        return Timed(self, event, user_id, anonymous_id, properties)
 
     # --- internals -----------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from typing import Any
 
 from ._exceptions import EventTypeError
 
-__all__ = ["MAX_STACK_FRAMES", "error_properties", "message_shape"]
+__all__ = ["MAX_STACK_FRAMES", "error_properties", "error_type_name", "message_shape"]
 
 #: frames kept in an error event's stack (innermost last, as Python prints them)
 MAX_STACK_FRAMES = 30
@@ -60,8 +60,7 @@ def error_properties(exc: BaseException) -> dict[str, Any]:
     """
     if not isinstance(exc, BaseException):
         raise EventTypeError(f"capture_error() takes an exception, not {type(exc).__qualname__}")
-    etype = type(exc)
-    type_name = _text(etype.__qualname__ if etype.__module__ == "builtins" else f"{etype.__module__}.{etype.__qualname__}")
+    type_name = error_type_name(type(exc))
     try:
         message = _text(str(exc)[:_MAX_MESSAGE])
     except Exception:  # noqa: BLE001 - a broken __str__ is the app's bug, not a reason to lose the event
@@ -85,6 +84,12 @@ def error_properties(exc: BaseException) -> dict[str, Any]:
         "fingerprint": fingerprint,
         "in_app_frame": anchor_text,
     }
+
+
+def error_type_name(etype: type[BaseException]) -> str:
+    """How an event names an exception's class: ``ValueError`` for a builtin, the module and
+    qualified name otherwise (``myapp.billing.PaymentDeclined``)."""
+    return _text(etype.__qualname__ if etype.__module__ == "builtins" else f"{etype.__module__}.{etype.__qualname__}")
 
 
 def _stack(tb: TracebackType | None) -> list[dict[str, Any]]:
