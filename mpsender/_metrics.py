@@ -41,7 +41,7 @@ __all__ = [
 #: (regions of the spool, whose events cannot be counted) in ``_sender/_spool.py``;
 #: spill_failed reported by application processes (``_sink.py``, in their HELLO); purged
 #: by ``mpsender spool purge``. A reason not listed (an application may report its own)
-#: is shown too. tests/unit/test_metrics.py checks the list against the code.
+#: is shown too. tests/unit/test_metrics_text.py checks the list against the code.
 DROP_REASONS = ("expired", "rejected", "oversize", "spool_full", "undecodable", "corrupt", "truncated",
                 "spill_failed", "purged")
 #: trouble that lost no event, counted by the sender
