@@ -114,6 +114,11 @@ class Options:
     python: str | None = None
     #: sender: log level of the sender's own log file
     log_level: str = "INFO"
+    #: sender: write the sender's counters to this file (Prometheus text, for
+    #: node_exporter's textfile collector: the name must end in ".prom"); "{destination}"
+    #: in it is replaced by the destination id, so that each sender has its own file.
+    #: Made absolute, since the sender runs in "/"
+    metrics_file: str | None = None
 
     def __post_init__(self) -> None:
         if not self.disabled:
@@ -170,6 +175,7 @@ class Options:
                 raise ConfigurationError(f"{name} must be a mapping, got {type(value).__name__}")
         self._check_proxy()
         self._check_ca_bundle()
+        self._check_metrics_file()
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigurationError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 
@@ -205,6 +211,17 @@ class Options:
         except (OSError, ssl.SSLError) as exc:
             raise ConfigurationError(f"ca_bundle {self.ca_bundle!r} is not a readable PEM file of CA "
                                      f"certificates: {exc}") from exc
+
+    def _check_metrics_file(self) -> None:
+        path = self.metrics_file
+        if path is None:
+            return
+        if not isinstance(path, str) or not path.endswith(".prom") or os.path.basename(path) == ".prom":
+            raise ConfigurationError(
+                f"metrics_file must be the path of a file whose name ends in .prom (node_exporter's textfile "
+                f"collector reads only those), got {path!r}"
+            )
+        object.__setattr__(self, "metrics_file", os.path.abspath(path))
 
     def to_wire(self) -> dict[str, Any]:
         """The options a sender needs, as plain data (no callables)."""
@@ -311,6 +328,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "enrich": _parse_bool,
     "python": str,
     "log_level": str,
+    "metrics_file": _parse_optional_str,
 }
 _DEFAULTS = {f.name: f for f in dataclasses.fields(Options)}
 

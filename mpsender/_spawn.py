@@ -149,6 +149,12 @@ def spawn_sender(options: Options, paths: Paths, lock_fd: int, *, wait: float) -
         proc.stdin.write(config)
         proc.stdin.close()
     except OSError:
+        for pipe in (proc.stdin, proc.stdout):  # not left to the garbage collector (a ResourceWarning)
+            if pipe is not None:
+                try:
+                    pipe.close()
+                except OSError:
+                    pass  # a broken pipe's unwritten bytes: the descriptor is closed all the same
         launch.failed("exited before it read its configuration")
         _reap_later.append(launch)
         return False

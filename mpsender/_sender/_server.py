@@ -24,6 +24,7 @@ import msgpack
 from .. import _layout as layout
 from .. import _platform
 from .._lograte import Throttle
+from .._metrics import sender_metrics_file
 from .._options import Options
 from .._platform import Connection, FrameError
 from .._protocol import FLUSH, HELLO, MAX_CONTROL, REPLY, STATS, STOP, WAKE
@@ -88,6 +89,7 @@ class Server:
         self._bell = _doorbell(os.path.join(dest, layout.DOORBELL))
         self.uploader = Uploader(options, self.spool, self.counters, self._poke, self._bell, self._save_state)
         self._listener: socket.socket | None = None
+        self.metrics_file = sender_metrics_file(options, dest)  # options.metrics_file, if set
 
     # --- start --------------------------------------------------------------------------
 
@@ -156,6 +158,8 @@ class Server:
             if now >= self._next_save:
                 self._next_save = now + _SAVE_EVERY
                 self._save_state()
+                if self.metrics_file is not None:
+                    self.metrics_file.update(self.stats(), now=now)
             if not self.uploader.is_alive() and not self._exiting:
                 logger.error("the uploader thread died; exiting so a new sender takes over")
                 self._exiting = True
@@ -412,6 +416,8 @@ class Server:
         for conn in list(self._conns.values()):
             conn.sock.close()
         self._save_state()
+        if self.metrics_file is not None:
+            self.metrics_file.update(self.stats(), up=False)  # the final counters; up 0
         try:
             os.unlink(os.path.join(self.dest, layout.INFO))
         except FileNotFoundError:

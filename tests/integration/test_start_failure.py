@@ -9,10 +9,12 @@ as the first user who met this did (issue 14: uWSGI, the base Python, no message
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import pytest
 from support import REPO, app_env, check, live_sender_pids, run_app, without_mpsender
 
@@ -20,6 +22,7 @@ from mpsender._collector import Collector
 from mpsender._layout import START_FAILURE
 from mpsender._options import Options
 from mpsender._paths import paths_for
+from mpsender._spawn import reap, spawn_sender
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -122,3 +125,29 @@ def test_a_start_from_track_that_fails_is_reported_too(tmp_path: Path, collector
     failure = json.loads(record.read_text())
     assert failure["python"] == str(fake) and failure["reason"] == "exited with status 3", failure
     assert "fake-python: cannot run mpsender._sender" in failure["output"], failure
+
+
+def test_a_launcher_that_exits_before_reading_its_configuration_leaves_no_pipe_open(
+        tmp_path: Path, runtime_dir: str) -> None:
+    """A launcher that exits without reading its configuration (more than a pipe holds, so
+    writing it fails): the start is reported failed, and both of its pipes are closed then,
+    not left open until the garbage collector finds them (a ResourceWarning)."""
+    fake = tmp_path / "fake-python"
+    fake.write_text("#!/bin/sh\nexit 3\n")
+    fake.chmod(0o755)
+    options = Options(write_key="test-key", endpoint="http://127.0.0.1:1", runtime_dir=runtime_dir,
+                      python=str(fake), properties={"pad": "p" * 1_000_000})
+    paths = paths_for(options)
+    paths.ensure()
+    lock_fd = os.open(paths.lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        me = psutil.Process()
+        before = me.num_fds()
+        assert not spawn_sender(options, paths, lock_fd, wait=5.0)
+        leaked = me.num_fds() - before
+    finally:
+        os.close(lock_fd)
+        reap()
+    assert not leaked, f"descriptors left open: {leaked}"
+    failure = json.loads(paths.start_failure.read_text())
+    assert failure["reason"] == "exited with status 3", failure
