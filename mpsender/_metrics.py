@@ -136,6 +136,9 @@ _FAMILIES: tuple[tuple[str, str, str, Value], ...] = (
      _stat("connections")),
     ("mpsender_last_http_status", "gauge", "HTTP status of the endpoint's last answer (0: none yet, or a network "
      "error)", _last_status),
+    ("mpsender_last_success_timestamp_seconds", "gauge", "When the running sender's last request was "
+     "accepted, in seconds since the epoch (no sample: none yet)",
+     lambda t: _number(t.stats.get("last_success_at")) if t.up else None),
     ("mpsender_rate_limited_seconds", "gauge", "Seconds until the endpoint's Retry-After expires (0: none)",
      _stat("rate_limited_for")),
     ("mpsender_request_in_flight_seconds", "gauge", "Seconds the request in flight has waited for its answer "

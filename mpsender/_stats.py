@@ -64,6 +64,8 @@ class SenderStats:
     in_flight_for: float = 0.0
     #: events the request now in flight carries (0: none in flight)
     in_flight_events: int = 0
+    #: when this sender's last request was accepted, epoch seconds (None: none yet)
+    last_success_at: float | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -367,6 +367,7 @@ class Server:
             "dropped": {k: v for k, v in dropped.items() if v},
             "incidents": {k: v for k, v in incidents.items() if v},
             "connections": self._clients(), "last_status": c.last_status, "last_error": c.last_error,
+            "last_success_at": c.last_success_at,
             "rate_limited_for": self.uploader.rate_limit.remaining(time.monotonic()),
             "route": self.uploader.route,
             "in_flight_for": in_flight_for, "in_flight_events": in_flight_events,

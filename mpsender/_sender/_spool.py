@@ -65,6 +65,7 @@ class Counters:
         #: things that went wrong without losing an event (auth_failures, spool_unavailable, ...)
         self.incidents: dict[str, int] = {}
         self.last_status: int | None = None
+        self.last_success_at: float | None = None  # epoch seconds of the last accepted request
         self.last_error: str | None = None
         self.dirty = False  # a drop happened since the last save: save soon, a SIGKILL may follow
         self._lock = threading.Lock()  # the reading and the posting thread both count

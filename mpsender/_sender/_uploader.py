@@ -453,6 +453,7 @@ class Uploader(threading.Thread):
             if outcome is Outcome.OK:
                 c.uploaded += len(events)
                 c.batches += 1
+                c.last_success_at = time.time()
                 self._auth_warned = False
                 self._report(events, answer.status, None, ok=True, will_retry=False)
                 return Sent(outcome, answer)
