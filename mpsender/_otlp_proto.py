@@ -27,7 +27,8 @@ MAX_NESTING: Final = 100
 _VARINT, _I64, _LEN, _I32 = 0, 1, 2, 5
 _U64: Final = (1 << 64) - 1
 
-# (JSON name, kind, nested table or None, repeated)
+# (JSON name, kind, nested table or None, repeated); a table lists its fields by number, the
+# order protobuf's own serializers write them in
 Field = tuple[str, str, "dict[int, Field] | None", bool]
 Table = dict[int, Field]
 
@@ -63,7 +64,6 @@ SCOPE: Table = {
 }
 LOG_RECORD: Table = {
     1: ("timeUnixNano", "fixed64", None, False),
-    11: ("observedTimeUnixNano", "fixed64", None, False),
     2: ("severityNumber", "enum", None, False),
     3: ("severityText", "string", None, False),
     5: ("body", "message", ANY_VALUE, False),
@@ -72,6 +72,7 @@ LOG_RECORD: Table = {
     8: ("flags", "fixed32", None, False),
     9: ("traceId", "hex", None, False),
     10: ("spanId", "hex", None, False),
+    11: ("observedTimeUnixNano", "fixed64", None, False),
     12: ("eventName", "string", None, False),
 }
 SCOPE_LOGS: Table = {
