@@ -28,7 +28,7 @@ import httpx
 from .._events import unpack, written_at
 from .._layout import DEADLETTER
 from .._lograte import Throttle
-from .._options import Options, redact_url
+from .._options import OTLP_FORMATS, Options, redact_url
 from .._retry import (
     RateLimit,
     expired,
@@ -312,7 +312,9 @@ class Uploader(threading.Thread):
         for the commit). The hot loop of the sender: one pass, nothing per event that a
         batch-wide value can do."""
         opts = self.options
-        max_bytes = opts.max_message_bytes
+        # OTLP has no per-event limit, and its attributes spell out what msgpack packs tight
+        # (track() has checked max_message_bytes): there an event need only fit a request
+        max_bytes = opts.batch_bytes if opts.format in OTLP_FORMATS else opts.max_message_bytes
         now = time.time()
         too_old = now - opts.max_event_age if opts.max_event_age is not None else None
         encode = self.encoder.encode

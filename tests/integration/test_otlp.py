@@ -228,3 +228,18 @@ def test_a_400_drops_and_counts_a_429_retries(make_client: Callable[..., mpsende
     assert [e["event"] for e in collector.events()] == ["Kept"]
     dead = (Path(client.paths.spool) / "deadletter.jsonl").read_text().splitlines()
     assert len(dead) == 3 and all('"eventName": "Refused"' in line for line in dead)
+
+
+def test_an_event_track_took_is_not_oversize_on_the_otlp_wire(make_client: Callable[..., mpsender.Client],
+                                                             collector: Collector) -> None:
+    """max_message_bytes bounds what track() packs; OTLP's attributes spell it out several times
+    larger, and the sender still delivers it (OTLP has no per-event limit: only batch_bytes)."""
+    client = make_client(collector.url, format="otlp-proto", max_message_bytes=4000, batch_bytes=200_000)
+    props = {f"k{i}": i for i in range(400)}
+    client.track("Wide", user_id="u", properties=props)
+    assert client.flush(timeout=15)
+    sender = client.stats().sender
+    assert sender is not None and sender.dropped == {}
+    [event] = collector.events()
+    assert event["properties"] == props
+    assert collector.requests()[0].body_bytes > 0
