@@ -32,7 +32,7 @@ TS_STR = "2026-11-23T08:07:59.123Z"
 SENT = datetime(2026, 11, 23, 8, 8, 0, 500000, tzinfo=timezone.utc).timestamp()
 SENT_STR = "2026-11-23T08:08:00.500Z"
 LIB = {"name": "mpsender", "version": "9.9.9"}
-#: the formats whose bodies are {"batch": [...]} (the OTLP ones: tests/unit/test_otlp.py)
+#: the formats whose bodies are {"batch": [...]} (the OTLP ones: tests/unit/test_otlp_wire.py)
 BATCH_FORMATS = ("segment", "posthog", "json")
 
 
