@@ -446,7 +446,8 @@ class Collector:
         return self._store.events()
 
     def message_ids(self) -> list[str]:
-        """The messageId (Segment, JSON) or uuid (PostHog) of each stored event, duplicates kept.
+        """The messageId (Segment, JSON), uuid (PostHog) or log.record.uid (OTLP) of each stored
+        event, duplicates kept.
 
         In arrival order; an event stored without one is left out.
         """
