@@ -21,7 +21,9 @@ __all__ = [
     "resolve_options",
 ]
 
-FORMATS = ("segment", "posthog", "json")
+FORMATS = ("segment", "posthog", "json", "otlp", "otlp-proto")
+#: the OTLP/HTTP logs formats (JSON, protobuf): no key required, a service name
+OTLP_FORMATS = ("otlp", "otlp-proto")
 ENV_PREFIX = "MPSENDER_"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -48,7 +50,8 @@ class Options:
 
     write_key: str = ""
     endpoint: str = ""
-    #: wire format: "segment" (POST /v1/batch), "posthog" (POST /batch/) or "json"
+    #: wire format: "segment" (POST /v1/batch), "posthog" (POST /batch/), "json", or
+    #: "otlp" / "otlp-proto" (OTLP/HTTP logs, POST /v1/logs, JSON or protobuf)
     format: str = "segment"
     #: request path appended to endpoint; None = the format's own
     path: str | None = None
@@ -119,11 +122,14 @@ class Options:
     #: in it is replaced by the destination id, so that each sender has its own file.
     #: Made absolute, since the sender runs in "/"
     metrics_file: str | None = None
+    #: the OTLP formats' resource ``service.name`` (None: OTEL_SERVICE_NAME, else the
+    #: program's name; resolved in the application process, where that name is known)
+    service_name: str | None = None
 
     def __post_init__(self) -> None:
         if not self.disabled:
             custom_auth = self.format == "json" and any(h.lower() == "authorization" for h in self.headers)
-            if not self.write_key and not custom_auth:
+            if not self.write_key and not custom_auth and self.format not in OTLP_FORMATS:
                 raise ConfigurationError(
                     "write_key is missing: pass mpsender.init(write_key=...) "
                     "or set MPSENDER_WRITE_KEY"
@@ -176,6 +182,7 @@ class Options:
         self._check_proxy()
         self._check_ca_bundle()
         self._check_metrics_file()
+        self._check_service_name()
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigurationError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 
@@ -222,6 +229,16 @@ class Options:
                 f"collector reads only those), got {path!r}"
             )
         object.__setattr__(self, "metrics_file", os.path.abspath(path))
+
+    def _check_service_name(self) -> None:
+        name = self.service_name
+        if name is not None and (not isinstance(name, str) or not name.strip()):
+            raise ConfigurationError(f"service_name must be a non-empty str or None, got {name!r}")
+        if name is None and self.format in OTLP_FORMATS:
+            from ._otlp import default_service_name  # only the OTLP formats need it
+
+            # here, in the application: the sender's own program name says nothing
+            object.__setattr__(self, "service_name", default_service_name())
 
     def to_wire(self) -> dict[str, Any]:
         """The options a sender needs, as plain data (no callables)."""
@@ -329,6 +346,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "python": str,
     "log_level": str,
     "metrics_file": _parse_optional_str,
+    "service_name": _parse_optional_str,
 }
 _DEFAULTS = {f.name: f for f in dataclasses.fields(Options)}
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from . import _layout as layout
 from . import _platform
 from ._exceptions import ConfigurationError
-from ._options import Options
+from ._options import OTLP_FORMATS, Options
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,10 @@ def destination_id(options: Options) -> str:
         os.path.abspath(options.spool_dir) if options.spool_dir else "",
         repr(sorted(options.headers.items())),
     ]
+    if options.format in OTLP_FORMATS:
+        # one sender speaks for one service (its resource); appended only here, so that
+        # the ids of the other formats' destinations, and their spools, stay as they were
+        parts.append(options.service_name or "")
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 

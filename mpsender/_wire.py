@@ -7,7 +7,8 @@ wire event dict (:meth:`Encoder.event`) and wraps a batch of those into one
 
 Formats (``_options.FORMATS``, their one list): ``segment`` (default; Segment's HTTP Tracking API,
 which RudderStack and other Segment-compatible collectors accept), ``posthog``
-and ``json`` (Segment-shaped events for a collector of one's own).
+and ``json`` (Segment-shaped events for a collector of one's own), and
+``otlp``/``otlp-proto`` (OTLP/HTTP logs, in ``_otlp.py``).
 
 Bodies are compact UTF-8 JSON. NaN and infinities become ``null``, ``bytes``
 become text, anything else JSON cannot hold becomes its ``str()``; that
@@ -76,6 +77,15 @@ class Encoder(Protocol):
         The sender encodes each event once, checks its size, and can then split or
         bisect a refused batch without encoding anything again.
         """
+        ...
+
+    def loads(self, wire: bytes) -> Any:
+        """One event from :meth:`encode` back as JSON-able data (the dead-letter file)."""
+        ...
+
+    def partial_success(self, content: bytes, content_type: str) -> tuple[int, str] | None:
+        """(events refused, the server's message) of a 2xx answer that accepted only part
+        of the request (OTLP's ``partialSuccess``); None for a whole success."""
         ...
 
 
@@ -314,6 +324,14 @@ class SegmentEncoder:
                          format_timestamp(sent_at).encode("ascii"), b'"}'))
         return WireRequest(self.path, dict(self._headers), body)
 
+    def loads(self, wire: bytes) -> Any:
+        """One event from :meth:`encode` back as data (the dead-letter file)."""
+        return json.loads(wire)
+
+    def partial_success(self, content: bytes, content_type: str) -> tuple[int, str] | None:
+        """Always None: a 2xx takes the whole batch."""
+        return None
+
 
 class JsonEncoder(SegmentEncoder):
     """A generic JSON batch: Segment-shaped events, ``POST /json``, Bearer auth.
@@ -541,12 +559,21 @@ class PostHogEncoder:
                          b'],"sent_at":"', format_timestamp(sent_at).encode("ascii"), b'"}'))
         return WireRequest(self.path, dict(self._headers), body)
 
+    def loads(self, wire: bytes) -> Any:
+        """One event from :meth:`encode` back as data (the dead-letter file)."""
+        return json.loads(wire)
+
+    def partial_success(self, content: bytes, content_type: str) -> tuple[int, str] | None:
+        """Always None: a 2xx takes the whole batch."""
+        return None
+
 
 _ENCODERS: Final[dict[str, type[SegmentEncoder] | type[PostHogEncoder]]] = {
     "segment": SegmentEncoder,
     "posthog": PostHogEncoder,
     "json": JsonEncoder,
 }
+_OTLP_FORMATS: Final = frozenset({"otlp", "otlp-proto"})
 
 
 def get_encoder(
@@ -557,14 +584,23 @@ def get_encoder(
     library_version: str,
     path: str | None = None,
     headers: Mapping[str, str] | None = None,
+    service_name: str | None = None,
 ) -> Encoder:
     """The encoder for wire format ``fmt`` (one of :data:`FORMATS`).
 
     ``path`` replaces the format's default path (empty, or starting with ``/``
     or ``?``). ``headers`` are added to every request and override the
     encoder's own (auth, ``Content-Type``) of the same name, compared
-    case-insensitively. Raises ``ValueError`` for an unknown format or a bad path.
+    case-insensitively. ``service_name``: the OTLP formats' ``service.name`` (None: the
+    default of ``_otlp.default_service_name``); the others have no use for it. Raises
+    ``ValueError`` for an unknown format or a bad path.
     """
+    if fmt in _OTLP_FORMATS:
+        from ._otlp import OtlpJsonEncoder, OtlpProtoEncoder  # it imports this module
+
+        otlp = OtlpProtoEncoder if fmt == "otlp-proto" else OtlpJsonEncoder
+        return otlp(write_key=write_key, library_name=library_name, library_version=library_version,
+                    path=path, headers=headers, service_name=service_name)
     cls = _ENCODERS.get(fmt)
     if cls is None:
         raise ValueError(f"unknown wire format {fmt!r}; valid formats: {', '.join(sorted(FORMATS))}")

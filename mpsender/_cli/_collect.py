@@ -24,9 +24,10 @@ DEFAULT_DB = "mpsender-events.db"
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser(
-        "collect", parents=[common], help="run a local ingestion server (Segment, PostHog, JSON)",
-        description="Accept Segment's POST /v1/batch, PostHog's POST /batch/ and the generic JSON "
-                    "batch (POST /json), gzip or not; store every event in SQLite; print a live "
+        "collect", parents=[common], help="run a local ingestion server (Segment, PostHog, JSON, OTLP)",
+        description="Accept Segment's POST /v1/batch, PostHog's POST /batch/, the generic JSON "
+                    "batch (POST /json) and OTLP/HTTP logs (POST /v1/logs, JSON or protobuf), gzip "
+                    "or not; store every event in SQLite; print a live "
                     "line once a second. Fault options make it misbehave on purpose, to watch "
                     "the sender retry. Stops cleanly on Ctrl-C or SIGTERM.",
     )
@@ -104,7 +105,8 @@ def _serve(collector: Collector, db: str, faults: Faults, args: argparse.Namespa
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
     url = collector.url
     print(f"mpsender collect: listening on {url}", flush=True)
-    print(f"  Segment  POST {url}/v1/batch · PostHog  POST {url}/batch/ · JSON  POST {url}/json", flush=True)
+    print(f"  Segment  POST {url}/v1/batch · PostHog  POST {url}/batch/ · JSON  POST {url}/json"
+          f" · OTLP  POST {url}/v1/logs", flush=True)
     where = "in memory (nothing kept)" if db == ":memory:" else db
     key = "required" if args.write_key else "not checked"
     print(f"  events stored {where} · write key {key}", flush=True)

@@ -1,12 +1,15 @@
 """A local ingestion collector: a real HTTP server for tests, benchmarks and ``mpsender collect``.
 
-It accepts the three wire formats the sender speaks (the format is chosen by the
+It accepts the wire formats the sender speaks (the format is chosen by the
 request path; ``Content-Encoding: gzip`` is honoured):
 
 * Segment, ``POST /v1/batch``: ``{"batch": [...], "sentAt": ...}``, HTTP Basic auth
   with the write key as user and an empty password;
 * PostHog, ``POST /batch/``: ``{"api_key": ..., "batch": [...], "sent_at": ...}``;
 * generic JSON, ``POST /json`` (any path ending in ``/json``): Segment-shaped,
+  ``Authorization: Bearer <key>``.
+* OTLP/HTTP logs, ``POST /v1/logs``: JSON, or protobuf by its ``Content-Type``; each
+  LogRecord stored as the Segment-shaped event it was made from (``_otlp.py``),
   ``Authorization: Bearer <key>``.
 
 Every accepted event is stored in SQLite (schema in ``docs/collector.md``), every

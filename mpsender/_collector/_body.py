@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-from ._model import JSON, POSTHOG, SEGMENT, _Reject
+from ._model import JSON, OTLP_JSON, OTLP_PROTO, POSTHOG, SEGMENT, _Reject
 
 
 def _route(path: str) -> str | None:
@@ -20,6 +20,8 @@ def _route(path: str) -> str | None:
         return POSTHOG
     if p.endswith("/json"):
         return JSON
+    if p.endswith("/v1/logs"):
+        return OTLP_JSON  # OTLP_PROTO once its Content-Type says protobuf
     return None
 
 
@@ -123,7 +125,8 @@ FROM (SELECT count(*) AS n,
 
 # The type of an event that has an ``event`` name and no ``type``: PostHog's
 # events are captures, Segment-shaped ones tracks.
-_DEFAULT_TYPE: Final[dict[str, str]] = {SEGMENT: "track", JSON: "track", POSTHOG: "capture"}
+_DEFAULT_TYPE: Final[dict[str, str]] = {SEGMENT: "track", JSON: "track", POSTHOG: "capture",
+                                         OTLP_JSON: "track", OTLP_PROTO: "track"}
 
 
 def _event_type(fmt: str, event: dict[str, Any]) -> object:

@@ -13,6 +13,9 @@ logger = logging.getLogger(__name__)
 SEGMENT: Final = "segment"
 POSTHOG: Final = "posthog"
 JSON: Final = "json"
+#: OTLP/HTTP logs, JSON and protobuf (both at /v1/logs; the Content-Type tells them apart)
+OTLP_JSON: Final = "otlp"
+OTLP_PROTO: Final = "otlp-proto"
 
 #: A body larger than this on the wire is refused with 413 before it is read.
 MAX_WIRE_BYTES: Final = 64 * 1024 * 1024
@@ -91,7 +94,9 @@ class RequestRecord:
     error: str | None
     """Why the request failed, as in the ``{"error": ...}`` answer; ``None`` on success."""
     format: str | None
-    """``"segment"``, ``"posthog"`` or ``"json"``; ``None`` for other paths."""
+    """``"segment"``, ``"posthog"``, ``"json"``, ``"otlp"`` or ``"otlp-proto"``; ``None`` for other paths."""
+    body: bytes | None = None
+    """The body as it came (gzipped if it was), with ``Collector(keep_bodies=True)``; else ``None``."""
 
 
 class CollectorTotals(TypedDict):

@@ -21,12 +21,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from . import _otlp
 from ._body import _gunzip, _route, _text
 from ._model import (
     _BATCH_METHODS,
     _HEALTH_PATH,
     MAX_BODY_BYTES,
     MAX_WIRE_BYTES,
+    OTLP_JSON,
+    OTLP_PROTO,
     POSTHOG,
     SEGMENT,
     CollectorTotals,
@@ -85,6 +88,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(rej.status, {"error": rej.reason, **rej.extra}, rej.headers)
             return
         req.body_bytes = len(body)
+        if collector._keep_bodies:
+            req.raw = body
 
         if path != _HEALTH_PATH:
             faults = collector.faults
@@ -154,10 +159,15 @@ class _Handler(BaseHTTPRequestHandler):
             parts.append(chunk)
             self.rfile.readline(8)  # the CRLF after the chunk
 
-    def _answer(self, status: int, payload: dict[str, object], headers: Iterable[tuple[str, str]] = ()) -> None:
-        data = json.dumps(payload, separators=(",", ":")).encode()
+    def _answer(self, status: int, payload: dict[str, object] | bytes,
+                headers: Iterable[tuple[str, str]] = ()) -> None:
+        """``payload``: a dict, sent as JSON, or bytes (an OTLP protobuf answer)."""
+        if isinstance(payload, bytes):
+            data, content_type = payload, "application/x-protobuf"
+        else:
+            data, content_type = json.dumps(payload, separators=(",", ":")).encode(), "application/json"
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for name, value in headers:
             self.send_header(name, value)
@@ -252,6 +262,7 @@ class _Incoming:
     body_bytes: int = 0
     gzip: bool = False
     format: str | None = None
+    raw: bytes | None = None
 
 
 # -- the collector ---------------------------------------------------------------
@@ -277,8 +288,12 @@ class Collector:
         max_records: int | None = 100_000,
         store: Store | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        keep_bodies: bool = False,
     ) -> None:
         """``max_records`` bounds the in-memory :meth:`requests` list (oldest dropped first).
+
+        ``keep_bodies``: each :class:`RequestRecord` keeps its body as it came (``body``,
+        still gzipped), for tests that check the bytes on the wire.
 
         ``ssl_context``: a server context (certificate loaded) to serve HTTPS instead.
 
@@ -298,6 +313,7 @@ class Collector:
         self._port = port
         self._ssl_context = ssl_context
         self._write_key = write_key
+        self._keep_bodies = keep_bodies
         self._store: Store = store if store is not None else SqliteStore(":memory:" if db_path is None else db_path)
         self._lifecycle = threading.Lock()
         self._server: _Server | None = None
@@ -430,7 +446,8 @@ class Collector:
         return self._store.events()
 
     def message_ids(self) -> list[str]:
-        """The messageId (Segment, JSON) or uuid (PostHog) of each stored event, duplicates kept.
+        """The messageId (Segment, JSON), uuid (PostHog) or log.record.uid (OTLP) of each stored
+        event, duplicates kept.
 
         In arrival order; an event stored without one is left out.
         """
@@ -463,7 +480,7 @@ class Collector:
 
     # -- request handling (connection threads)
 
-    def _handle(self, req: _Incoming, body: bytes) -> tuple[int, dict[str, object], list[tuple[str, str]]]:
+    def _handle(self, req: _Incoming, body: bytes) -> tuple[int, dict[str, object] | bytes, list[tuple[str, str]]]:
         """Decide the answer to one request, record it and store its events."""
         try:
             batch = self._accept(req, body)
@@ -474,6 +491,10 @@ class Collector:
             self._record(req, status=200, error=None)
             return 200, {"ok": True}, []
         self._record(req, status=200, error=None, batch=batch)
+        if batch.fmt == OTLP_PROTO:
+            return 200, b"", []  # an empty ExportLogsServiceResponse: all taken
+        if batch.fmt == OTLP_JSON:
+            return 200, {}, []
         return 200, {"success": True}, []
 
     def _accept(self, req: _Incoming, body: bytes) -> _Batch | None:
@@ -499,10 +520,22 @@ class Collector:
         if fmt != POSTHOG:
             self._check_header_auth(fmt, req.headers.get("authorization"))
 
-        try:
-            text = body.decode("utf-8")
-        except UnicodeDecodeError:
-            raise _Reject(400, "body is not UTF-8") from None
+        if fmt == OTLP_JSON:
+            protobuf = _otlp.is_protobuf(req.headers.get("content-type", ""))
+            if protobuf:
+                fmt = req.format = OTLP_PROTO
+            # stored as the Segment-shaped events the other formats store
+            events = _otlp.read_request(body, protobuf)
+            text = json.dumps({"batch": events}, separators=(",", ":"), ensure_ascii=False)
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON): SQLite takes UTF-8 only
+                text = text.encode("utf-8", "replace").decode("utf-8")
+        else:
+            try:
+                text = body.decode("utf-8")
+            except UnicodeDecodeError:
+                raise _Reject(400, "body is not UTF-8") from None
         shape = self._store.shape(text, fmt, faults.reject_event)
         if shape.top != "object":
             raise _Reject(400, "body is not a JSON object")
@@ -581,7 +614,7 @@ class Collector:
         record = RequestRecord(
             arrived_at=req.arrived_at, method=req.method, path=req.path, headers=req.headers,
             status=status, events=stored, body_bytes=size, gzip=req.gzip, error=error,
-            format=req.format,
+            format=req.format, body=req.raw,
         )
         with self._changed:
             self._records.append(record)

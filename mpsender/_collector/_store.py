@@ -17,7 +17,7 @@ import weakref
 from typing import Any, Final, Protocol
 
 from ._body import _DEFAULT_TYPE, _SHAPE_SQL, _event_type, _Shape, _shape_python, _text
-from ._model import JSON, POSTHOG, SEGMENT, _Batch
+from ._model import JSON, OTLP_JSON, OTLP_PROTO, POSTHOG, SEGMENT, _Batch
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +114,9 @@ _KEYS: Final[dict[str, tuple[str, str, str | None, str]]] = {
     SEGMENT: ("messageId", "userId", "anonymousId", "sentAt"),
     JSON: ("messageId", "userId", "anonymousId", "sentAt"),
     POSTHOG: ("uuid", "distinct_id", None, "sent_at"),
+    # OTLP LogRecords are stored as the Segment-shaped events _otlp.py makes of them
+    OTLP_JSON: ("messageId", "userId", "anonymousId", "sentAt"),
+    OTLP_PROTO: ("messageId", "userId", "anonymousId", "sentAt"),
 }
 
 # One statement per request: SQLite splits the batch, picks the columns out and

@@ -28,7 +28,7 @@ import httpx
 from .._events import unpack, written_at
 from .._layout import DEADLETTER
 from .._lograte import Throttle
-from .._options import Options, redact_url
+from .._options import OTLP_FORMATS, Options, redact_url
 from .._retry import (
     RateLimit,
     expired,
@@ -80,6 +80,10 @@ class Answer:
     body: str = ""
     error: str | None = None
     retry_after: str | None = None
+    partial: bool = False
+    """A 2xx with OTLP's ``partialSuccess``: ``body`` is the server's message."""
+    rejected: int = 0
+    """Events that partial success refused all the same: dropped, not retried."""
 
     def outcome(self) -> Outcome:
         status = self.status
@@ -128,6 +132,7 @@ class Uploader(threading.Thread):
         self.encoder = get_encoder(
             options.format, write_key=options.write_key, library_name="mpsender",
             library_version=__version__, path=options.path, headers=options.headers,
+            service_name=options.service_name,
         )
         self.url = options.endpoint.rstrip("/") + self.encoder.path
         self._url = httpx.URL(self.url)  # parsed once: httpx would parse the string per request
@@ -328,7 +333,9 @@ class Uploader(threading.Thread):
         for the commit). The hot loop of the sender: one pass, nothing per event that a
         batch-wide value can do."""
         opts = self.options
-        max_bytes = opts.max_message_bytes
+        # OTLP has no per-event limit, and its attributes spell out what msgpack packs tight
+        # (track() has checked max_message_bytes): there an event need only fit a request
+        max_bytes = opts.batch_bytes if opts.format in OTLP_FORMATS else opts.max_message_bytes
         now = time.time()
         too_old = now - opts.max_event_age if opts.max_event_age is not None else None
         encode = self.encoder.encode
@@ -353,7 +360,7 @@ class Uploader(threading.Thread):
                 e.payload = None
                 continue
             if len(wire) > max_bytes:
-                self._dead_letter([e], None, f"event is {len(wire)} bytes as JSON, over {max_bytes}")
+                self._dead_letter([e], None, f"event is {len(wire)} bytes encoded, over {max_bytes}")
                 self.counters.drop("oversize")
                 e.payload = None
                 continue
@@ -451,7 +458,15 @@ class Uploader(threading.Thread):
             detail = answer.error or answer.body[:500]
             outcome = answer.outcome()
             if outcome is Outcome.OK:
-                c.uploaded += len(events)
+                refused = min(answer.rejected, len(events))
+                if refused:
+                    # which ones the answer does not say, and OTLP forbids sending them again
+                    c.drop("rejected", refused)
+                    _throttle.warning("partial", "the endpoint took a batch of %d but refused %d of its "
+                                      "events (partial success): %s", len(events), refused, answer.body[:200])
+                elif answer.partial:
+                    _throttle.warning("partial", "the endpoint took a batch with a warning: %s", answer.body[:200])
+                c.uploaded += len(events) - refused
                 c.batches += 1
                 c.last_success_at = time.time()
                 self._auth_warned = False
@@ -522,7 +537,12 @@ class Uploader(threading.Thread):
             return Answer(None, error=self._scrub(f"{type(exc).__name__}: {exc}"))
         finally:
             self.in_flight = None
-        return Answer(resp.status_code, resp.text[:2000], None, resp.headers.get("retry-after"))
+        retry_after = resp.headers.get("retry-after")
+        if 200 <= resp.status_code < 300:
+            partial = self.encoder.partial_success(resp.content, resp.headers.get("content-type", ""))
+            if partial is not None:
+                return Answer(resp.status_code, partial[1][:2000], None, retry_after, partial=True, rejected=partial[0])
+        return Answer(resp.status_code, resp.text[:2000], None, retry_after)
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
@@ -562,7 +582,7 @@ class Uploader(threading.Thread):
         for e in events:
             lines.append(json.dumps({"at": at, "status": status, "reason": body[:2000],
                                      "message_id": e.message_id,
-                                     "event": json.loads(e.wire) if e.wire else None}))
+                                     "event": self.encoder.loads(e.wire) if e.wire else None}))
         try:
             fd = os.open(self._deadletter_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
             try:

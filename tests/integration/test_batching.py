@@ -9,7 +9,6 @@ import time
 import pytest
 
 import mpsender
-
 from mpsender._collector import Collector
 
 pytestmark = pytest.mark.timeout(90)

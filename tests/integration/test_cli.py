@@ -270,6 +270,30 @@ def test_collect_stores_the_three_formats_and_rejects_bad_requests(tmp_path: Pat
     assert statuses == [200, 200, 200, 401, 400, 400, 200]
 
 
+@pytest.mark.parametrize("fmt", ["otlp", "otlp-proto"])
+def test_collect_lists_otlp_events_from_a_real_sender(fmt: str, tmp_path: Path, runtime_dir: str,
+                                                      collect: type[Collect]) -> None:
+    """collect takes OTLP/HTTP logs from a sender (format otlp, JSON or protobuf) and lists and
+    stores each LogRecord as the track event it was, as for the other formats."""
+    db = tmp_path / "o.db"
+    server = collect("--port", "0", "--db", str(db), "--write-key", "s3cret", "--tail")
+    url = server.wait_ready()
+    assert server.read_until(rb"OTLP  POST " + re.escape(url.encode()) + rb"/v1/logs"), server.output()
+    assert app_sending(url, runtime_dir, 3, write_key="s3cret", format=fmt, service_name="shop")
+    assert server.read_until(rb"user-2"), server.output()
+    assert server.stop() == 0, server.output()
+    lines = [line for line in server.out.decode().splitlines() if '"Signed Up"' in line]
+    assert len(lines) == 3, server.output()
+    for i, line in enumerate(lines):
+        assert re.search(rf'{re.escape(fmt)}\s+track\s+"Signed Up"  user-{i}  [0-9a-f-]{{36}}  {{"i":{i}}}$', line), line
+    with contextlib.closing(sqlite3.connect(db)) as conn:  # `with conn` alone does not close it
+        rows = conn.execute("SELECT format, type, event, user_id, message_id, payload FROM events").fetchall()
+    assert [(f, t, e, u) for f, t, e, u, _, _ in rows] == [(fmt, "track", "Signed Up", f"user-{i}") for i in range(3)]
+    assert len({m for *_, m, _ in rows}) == 3
+    payload = json.loads(rows[0][5])
+    assert payload["otlp"]["resource"]["service.name"] == "shop" and payload["properties"] == {"i": 0}
+
+
 def test_collect_port_in_use_is_one_line() -> None:
     """collect on a port already taken says so in one line and exits 2, without a traceback."""
     with socket.socket() as taken:

@@ -357,7 +357,7 @@ def test_errors_never_come_from_the_hot_path_of_good_calls(events: CapturedEvent
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"format": "amplitude"}, "format must be one of segment, posthog, json; got 'amplitude'"),
+        ({"format": "amplitude"}, "format must be one of segment, posthog, json, otlp, otlp-proto; got 'amplitude'"),
         ({"path": "v1/batch"}, "path must start with '/'"),
         ({"before_send": "myapp.hooks:scrub"}, "before_send must be callable or None"),
         ({"on_error": "myapp.hooks.on_error"},

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from mpsender._otlp import OtlpJsonEncoder, OtlpProtoEncoder
 from mpsender._wire import (
     FORMATS,
     Encoder,
@@ -31,6 +32,8 @@ TS_STR = "2026-11-23T08:07:59.123Z"
 SENT = datetime(2026, 11, 23, 8, 8, 0, 500000, tzinfo=timezone.utc).timestamp()
 SENT_STR = "2026-11-23T08:08:00.500Z"
 LIB = {"name": "mpsender", "version": "9.9.9"}
+#: the formats whose bodies are {"batch": [...]} (the OTLP ones: tests/unit/test_otlp_wire.py)
+BATCH_FORMATS = ("segment", "posthog", "json")
 
 
 def encoder(fmt: str, **kwargs: Any) -> Encoder:
@@ -158,15 +161,16 @@ def test_message_id_wrong_length_raises() -> None:
 
 def test_unknown_format_names_valid_ones() -> None:
     """An unknown format raises ValueError listing the valid formats."""
-    with pytest.raises(ValueError, match="'mixpanel'.*json, posthog, segment"):
+    with pytest.raises(ValueError, match="'mixpanel'.*json, otlp, otlp-proto, posthog, segment"):
         encoder("mixpanel")
 
 
 def test_formats_and_defaults() -> None:
     """Each format has its name, class and default path."""
-    assert sorted(FORMATS) == ["json", "posthog", "segment"]
+    assert sorted(FORMATS) == ["json", "otlp", "otlp-proto", "posthog", "segment"]
     expected = {"segment": (SegmentEncoder, "/v1/batch"), "posthog": (PostHogEncoder, "/batch/"),
-                "json": (JsonEncoder, "/json")}
+                "json": (JsonEncoder, "/json"), "otlp": (OtlpJsonEncoder, "/v1/logs"),
+                "otlp-proto": (OtlpProtoEncoder, "/v1/logs")}
     for fmt, (cls, path) in expected.items():
         enc = encoder(fmt)
         assert type(enc) is cls
@@ -365,7 +369,7 @@ def test_custom_headers_apply_to_every_format(fmt: str) -> None:
 # -- NaN and other values JSON cannot hold ----------------------------------------------
 
 
-@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("fmt", BATCH_FORMATS)
 def test_nan_and_infinity_become_null(fmt: str) -> None:
     """NaN, Infinity and -Infinity are sent as null, leaving the events untouched."""
     enc = encoder(fmt)
