@@ -66,7 +66,8 @@ class Options:
     linger: float = 30.0
     #: sender: timeout of one HTTP request
     request_timeout: float = 10.0
-    #: sender: deadline to drain on exit; what is left stays in the spool
+    #: sender: deadline to drain on exit; what is left stays in the spool. app: the
+    #: longest capture_uncaught waits for the endpoint before the process dies
     shutdown_timeout: float = 5.0
     #: init() waits at most this long for a new sender to listen (0: do not wait)
     start_timeout: float = 3.0
@@ -112,6 +113,9 @@ class Options:
     python: str | None = None
     #: sender: log level of the sender's own log file
     log_level: str = "INFO"
+    #: app: init() hooks sys.excepthook and threading.excepthook: an uncaught exception
+    #: sends a $error event and ends the open sessions (docs/events.md)
+    capture_uncaught: bool = False
 
     def __post_init__(self) -> None:
         if not self.disabled:
@@ -168,6 +172,8 @@ class Options:
                 raise ConfigurationError(f"{name} must be a mapping, got {type(value).__name__}")
         self._check_proxy()
         self._check_ca_bundle()
+        if not isinstance(self.capture_uncaught, bool):
+            raise ConfigurationError(f"capture_uncaught must be a bool, got {self.capture_uncaught!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigurationError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 
@@ -309,6 +315,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "enrich": _parse_bool,
     "python": str,
     "log_level": str,
+    "capture_uncaught": _parse_bool,
 }
 _DEFAULTS = {f.name: f for f in dataclasses.fields(Options)}
 
