@@ -47,6 +47,7 @@ def init(*, write_key: str | None = None, endpoint: str | None = None, **options
     with _lock:
         current = _client
         if current is not None and current.options == opts:
+            _exception_hooks(opts)  # again, after a shutdown() gave them back
             return current
         if current is not None and current._sink is not None and current._sink.survives_init:
             # inside mpsender.testing.capture(): take the options, keep the sink, start nothing
@@ -56,14 +57,18 @@ def init(*, write_key: str | None = None, endpoint: str | None = None, **options
         _client = client
     if current is not None:
         current.shutdown(timeout=0.0)
-    if opts.capture_uncaught:
-        _uncaught.install()
-    else:
-        _uncaught.uninstall()
+    _exception_hooks(opts)
     if not opts.disabled:
         _publish(client)
         client.start()
     return client
+
+
+def _exception_hooks(opts: Options) -> None:
+    if opts.capture_uncaught:
+        _uncaught.install()
+    else:
+        _uncaught.uninstall()
 
 
 def _publish(client: Client) -> None:

@@ -218,6 +218,8 @@ mpsender.track("Still Running", anonymous_id="a")
 assert mpsender.flush(20)
 mpsender.shutdown()
 assert threading.excepthook is previous_hook and sys.excepthook is sys.__excepthook__
+mpsender.init()  # the same options again: the same client, the hooks back
+assert threading.excepthook is not previous_hook and sys.excepthook is not sys.__excepthook__
 print("alive")
 """
 
@@ -225,7 +227,8 @@ print("alive")
 def test_an_uncaught_exception_in_a_thread_is_an_error_and_the_process_lives(
         collector: Collector, runtime_dir: str) -> None:
     """A thread dying: $error severity ``error`` naming the thread, its session ends ``error``,
-    the previous threading hook prints, the process goes on; shutdown() gives the hooks back."""
+    the previous threading hook prints, the process goes on; shutdown() gives the hooks back
+    and init() puts them in again."""
     proc = run_app(THREAD_CRASH, app_env(collector.url, runtime_dir, flush_interval=0.05, linger=10,
                                          capture_uncaught=1))
     assert check(proc).strip() == "alive"
@@ -260,3 +263,29 @@ assert mpsender.flush(20)
     assert names == ["Session Started", "Session Ended", "Next"]
     [props] = ended(collector)["s"]
     assert props["outcome"] == "error" and props["duration"] < 0.3
+
+
+def test_a_fork_child_carries_the_parents_session_but_never_ends_it(
+        collector: Collector, runtime_dir: str) -> None:
+    """A child forked inside a session tracks with its id, leaves the block and exits
+    normally (atexit runs): the parent alone sends the one Session Ended."""
+    code = """
+import os
+import mpsender
+mpsender.init()
+with mpsender.session("s", anonymous_id="a"):
+    pid = os.fork()
+    if pid == 0:
+        mpsender.track("In Child")
+if pid == 0:
+    mpsender.flush(20)
+    raise SystemExit(0)
+assert os.waitpid(pid, 0)[1] == 0
+assert mpsender.flush(20)
+"""
+    check(run_app(code, app_env(collector.url, runtime_dir, flush_interval=0.05, linger=10)))
+    assert collector.wait_for(lambda c: len(c.events()) >= 3, 20)
+    assert [e["event"] for e in collector.events()].count("Session Ended") == 1
+    [child] = by_event(collector, "In Child")
+    assert child["properties"]["session_id"] == "s" and child["anonymousId"] == "a"
+    assert len(collector.events()) == 3
