@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 _previous_sys: Any = None
 _previous_thread: Any = None
 _active = False  # False after uninstall(): a hook someone else chained to passes through
+# Our hook is the installed one, or one installed over it still calls it: installing
+# again must not chain ours to a hook that calls ours (each would call the other).
+_sys_linked = False
+_thread_linked = False
 
 
 def installed() -> bool:
@@ -46,25 +50,23 @@ def installed() -> bool:
 
 def install() -> None:
     """Put the hooks in place (idempotent), remembering the ones they chain to."""
-    global _previous_sys, _previous_thread, _active
-    if sys.excepthook is not _sys_hook:
-        _previous_sys = sys.excepthook
-        sys.excepthook = _sys_hook
-    if threading.excepthook is not _thread_hook:
-        _previous_thread = threading.excepthook
-        threading.excepthook = _thread_hook
+    global _previous_sys, _previous_thread, _active, _sys_linked, _thread_linked
+    if not _sys_linked:
+        _previous_sys, sys.excepthook, _sys_linked = sys.excepthook, _sys_hook, True
+    if not _thread_linked:
+        _previous_thread, threading.excepthook, _thread_linked = threading.excepthook, _thread_hook, True
     _active = True
 
 
 def uninstall() -> None:
     """Give back the previous hooks where ours are still the installed ones; a hook
     installed over ours keeps calling ours, which then only passes the call on."""
-    global _active
+    global _active, _sys_linked, _thread_linked
     _active = False
-    if sys.excepthook is _sys_hook and _previous_sys is not None:
-        sys.excepthook = _previous_sys
-    if threading.excepthook is _thread_hook and _previous_thread is not None:
-        threading.excepthook = _previous_thread
+    if sys.excepthook is _sys_hook:
+        sys.excepthook, _sys_linked = _previous_sys, False
+    if threading.excepthook is _thread_hook:
+        threading.excepthook, _thread_linked = _previous_thread, False
 
 
 def _sys_hook(etype: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -322,3 +323,43 @@ def test_before_send_sees_the_session_id_as_session_id() -> None:
         mpsender.track("E")
     assert seen == ["s1", "s1", "s1"]  # Session Started, E, Session Ended
     assert all("session_id" not in e["properties"] for e in events)
+
+
+# --- the hooks' chaining -------------------------------------------------------------------------
+
+
+def test_hooks_chain_give_back_and_never_chain_to_themselves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """install() chains to the hook before it and uninstall() gives it back; when another hook
+    was installed over ours meanwhile, ours stays in its chain, passing calls on, and a new
+    install() activates it there instead of chaining it to a hook that calls it."""
+    from mpsender import _uncaught
+
+    calls: list[str] = []
+
+    def previous(kind: Any, value: Any, tb: Any) -> None:
+        calls.append("previous")
+
+    monkeypatch.setattr("sys.excepthook", previous)
+    monkeypatch.setattr("threading.excepthook", threading.excepthook)
+    for name in ("_previous_sys", "_previous_thread", "_active", "_sys_linked", "_thread_linked"):
+        monkeypatch.setattr(_uncaught, name, getattr(_uncaught, name))
+
+    _uncaught.install()
+    assert sys.excepthook is _uncaught._sys_hook and _uncaught.installed()
+    _uncaught.uninstall()
+    assert sys.excepthook is previous and not _uncaught.installed()
+
+    _uncaught.install()
+    ours = sys.excepthook
+
+    def wrapper(kind: Any, value: Any, tb: Any) -> None:
+        calls.append("wrapper")
+        ours(kind, value, tb)
+
+    sys.excepthook = wrapper
+    _uncaught.uninstall()
+    assert sys.excepthook is wrapper  # not ours to take away
+    _uncaught.install()
+    assert sys.excepthook is wrapper and _uncaught.installed()
+    sys.excepthook(ValueError, ValueError("v"), None)
+    assert calls == ["wrapper", "previous"]
