@@ -65,7 +65,7 @@ def init(*, write_key: str | None = None, endpoint: str | None = None, **options
 
 
 def _exception_hooks(opts: Options) -> None:
-    if opts.capture_uncaught:
+    if opts.capture_uncaught and not opts.disabled:  # disabled (a test run): nothing to report
         _uncaught.install()
     else:
         _uncaught.uninstall()

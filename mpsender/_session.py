@@ -32,6 +32,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from ._events import _id
 from ._exceptions import EventTypeError, InvalidEventError, MpsenderError
 
 if TYPE_CHECKING:
@@ -74,8 +75,8 @@ class Session:
         if session_id is None:
             session_id = str(uuid.uuid4())
         self.session_id: str = _text_arg(session_id, "session_id")
-        self.user_id: str | None = None if user_id is None else _text_arg(user_id, "user_id")
-        self.anonymous_id: str | None = None if anonymous_id is None else _text_arg(anonymous_id, "anonymous_id")
+        self.user_id: str | None = _id(user_id, "user_id")  # as track() takes them: str, int or UUID
+        self.anonymous_id: str | None = _id(anonymous_id, "anonymous_id")
         if properties is None:
             properties = {}
         elif not isinstance(properties, Mapping):

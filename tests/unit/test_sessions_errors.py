@@ -266,7 +266,7 @@ def test_shutdown_ends_an_open_session_once(events: CapturedEvents) -> None:
 @pytest.mark.parametrize(("kwargs", "error", "text"), [
     ({"session_id": 5}, EventTypeError, "session_id must be a str, not int"),
     ({"session_id": ""}, InvalidEventError, "session_id must not be empty"),
-    ({"user_id": ["u"]}, EventTypeError, "user_id must be a str, not list"),
+    ({"user_id": ["u"]}, EventTypeError, "user_id must be a str or int, not list"),
     ({"anonymous_id": ""}, InvalidEventError, "anonymous_id must not be empty"),
     ({"properties": [1]}, EventTypeError, "session properties must be a dict, not list"),
 ])
