@@ -129,7 +129,7 @@ class Session:
             self._end_info = (exc, time.monotonic() - self._start, time.time())
             _deferred[id(self)] = self
             return
-        self.end(outcome)
+        self._end(outcome)
 
     async def __aenter__(self) -> Session:
         return self.__enter__()
@@ -151,7 +151,7 @@ class Session:
 
     # --- the end ------------------------------------------------------------------------
 
-    def end(self, outcome: str, *, at_exit: bool = False) -> bool:
+    def _end(self, outcome: str, *, at_exit: bool = False) -> bool:
         """Send ``Session Ended`` unless it was sent (by any path); True if this call sent
         it. Never raises: it runs in ``__exit__``, hooks and atexit, where an error of
         ours must not replace the application's."""
@@ -201,14 +201,18 @@ def _outcome(exc: BaseException | None) -> str:
 
 
 def _in_chain(target: BaseException, exc: BaseException) -> bool:
-    """``target`` is ``exc`` or one of its causes/contexts (bounded, cycle-safe)."""
+    """``target`` is ``exc`` or one of its causes/contexts (bounded, cycle-safe; False
+    for a chain that cannot be read: this runs inside track() and the hooks)."""
     seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen and len(seen) < 100:
-        if current is target:
-            return True
-        seen.add(id(current))
-        current = current.__cause__ or current.__context__
+    current: object = exc
+    try:
+        while isinstance(current, BaseException) and id(current) not in seen and len(seen) < 100:
+            if current is target:
+                return True
+            seen.add(id(current))
+            current = current.__cause__ or current.__context__
+    except Exception:  # noqa: BLE001 - an exception class whose __cause__ raises
+        return False
     return False
 
 
@@ -225,7 +229,7 @@ def settle() -> None:
     me = threading.get_ident()
     for key, session in list(_deferred.items()):
         if session._thread == me and not session._raised_from(handled) and _deferred.pop(key, None) is not None:
-            session.end("error")
+            session._end("error")
 
 
 def take_deferred(exc: BaseException) -> list[Session]:
@@ -248,7 +252,7 @@ def end_open(outcome: str, *, client: Client | None = None, at_exit: bool = Fals
         if session._pid != pid or (client is not None and session._client is not client):
             continue
         deferred = _deferred.pop(id(session), None) is not None
-        ended += session.end("error" if deferred else outcome, at_exit=at_exit)
+        ended += session._end("error" if deferred else outcome, at_exit=at_exit)
     return ended
 
 

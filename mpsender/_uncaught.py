@@ -110,7 +110,7 @@ def _report(exc: BaseException | None, severity: str, thread: threading.Thread |
                 _session._current.reset(token)
         outcome = "fatal" if severity == "fatal" else "error"
         for session in left:
-            session.end(outcome)
+            session._end(outcome)
         if thread is None:
             _session.end_open("fatal")
         return client

@@ -363,3 +363,13 @@ def test_hooks_chain_give_back_and_never_chain_to_themselves(monkeypatch: pytest
     assert sys.excepthook is wrapper and _uncaught.installed()
     sys.excepthook(ValueError, ValueError("v"), None)
     assert calls == ["wrapper", "previous"]
+
+
+def test_matching_a_session_to_an_exception_survives_an_unreadable_chain() -> None:
+    """Whether an exception was raised from a session's: False, not an error, when the
+    chain cannot be read (this runs inside track() and the hooks)."""
+    from mpsender._session import _in_chain
+
+    target = ValueError("v")
+    assert _in_chain(target, raised(KeyError("k"), context=target))
+    assert not _in_chain(target, CauseRaises("top"))
