@@ -65,8 +65,9 @@ def test_an_uncaught_exception_sends_a_fatal_error_and_ends_the_sessions_fatal(
     session it left, both sessions end ``fatal`` once, all delivered before the process has
     exited; the previous hook still runs, and exit code and output are as with mpsender off."""
     plain = run_app(CRASH, app_env(collector.url, runtime_dir, disabled=1))
+    # a generous shutdown_timeout: the hook's flush must not give up on a loaded machine
     hooked = run_app(CRASH, app_env(collector.url, runtime_dir, flush_interval=0.05, linger=10,
-                                    capture_uncaught=1))
+                                    capture_uncaught=1, shutdown_timeout=30))
     assert (hooked.returncode, hooked.stderr, hooked.stdout) == (plain.returncode, plain.stderr, plain.stdout)
     assert hooked.returncode == 1
     assert "previous hook saw ValueError" in hooked.stderr and "payment 42 failed" in hooked.stderr
