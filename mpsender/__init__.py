@@ -16,6 +16,7 @@ from ._api import (
     init,
     page,
     screen,
+    session,
     shutdown,
     stats,
     track,
@@ -31,6 +32,7 @@ from ._exceptions import (
     UnserializableError,
 )
 from ._options import Options
+from ._session import Session
 from ._stats import ProcessStats, SenderStats, Stats
 from ._timed import timed
 from ._version import __version__
@@ -46,6 +48,7 @@ __all__ = [
     "Options",
     "ProcessStats",
     "SenderStats",
+    "Session",
     "Stats",
     "UnserializableError",
     "__version__",
@@ -60,6 +63,7 @@ __all__ = [
     "init",
     "page",
     "screen",
+    "session",
     "shutdown",
     "stats",
     "timed",

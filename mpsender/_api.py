@@ -7,14 +7,16 @@ import inspect
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Concatenate, ParamSpec
 
 import msgpack
 
+from . import _uncaught
 from ._client import Client
 from ._exceptions import NotInitializedError
 from ._options import Options, env_disabled, resolve_options
+from ._session import Session
 from ._stats import Stats
 
 logger = logging.getLogger(__name__)
@@ -45,6 +47,7 @@ def init(*, write_key: str | None = None, endpoint: str | None = None, **options
     with _lock:
         current = _client
         if current is not None and current.options == opts:
+            _exception_hooks(opts)  # again, after a shutdown() gave them back
             return current
         if current is not None and current._sink is not None and current._sink.survives_init:
             # inside mpsender.testing.capture(): take the options, keep the sink, start nothing
@@ -54,10 +57,18 @@ def init(*, write_key: str | None = None, endpoint: str | None = None, **options
         _client = client
     if current is not None:
         current.shutdown(timeout=0.0)
+    _exception_hooks(opts)
     if not opts.disabled:
         _publish(client)
         client.start()
     return client
+
+
+def _exception_hooks(opts: Options) -> None:
+    if opts.capture_uncaught and not opts.disabled:  # disabled (a test run): nothing to report
+        _uncaught.install()
+    else:
+        _uncaught.uninstall()
 
 
 def _publish(client: Client) -> None:
@@ -91,6 +102,8 @@ def _auto_client() -> Client:
                 with open(path, "rb") as fh:
                     wire = msgpack.unpackb(fh.read())
                 _client = Client.from_options(Options(**wire))
+                if _client.options.capture_uncaught:
+                    _uncaught.install()  # as the parent that wrote the file did
                 return _client
             except (OSError, ValueError, TypeError) as exc:
                 logger.warning("cannot read %s=%s (%s)", CONFIG_ENV, path, exc)
@@ -134,6 +147,13 @@ screen = _forward(Client.screen)
 capture_error = _forward(Client.capture_error)
 
 
+def session(session_id: str | None = None, *, user_id: str | None = None, anonymous_id: str | None = None,
+            properties: Mapping[str, Any] | None = None) -> Session:
+    """A session of the process's client, for a ``with`` block: see :meth:`Client.session`."""
+    return (_client or _auto_client()).session(session_id, user_id=user_id, anonymous_id=anonymous_id,
+                                               properties=properties)
+
+
 def flush(timeout: float = 5.0) -> bool:
     """True once every event this process tracked before the call was accepted; False
     when ``timeout`` passes first. Never hangs. True at once if nothing was tracked."""
@@ -142,7 +162,9 @@ def flush(timeout: float = 5.0) -> bool:
 
 
 def shutdown(timeout: float = 5.0) -> bool:
-    """Flush, then close this process's file and connection. Idempotent."""
+    """End the open sessions, flush, then close this process's file and connection, and
+    give back the exception hooks ``capture_uncaught`` installed. Idempotent."""
+    _uncaught.uninstall()
     client = _client
     return True if client is None else client.shutdown(timeout)
 
@@ -155,6 +177,7 @@ async def aflush(timeout: float = 5.0) -> bool:
 
 async def ashutdown(timeout: float = 5.0) -> bool:
     """``shutdown()`` for async code: the event loop keeps running while it waits."""
+    _uncaught.uninstall()
     client = _client
     return True if client is None else await client.ashutdown(timeout)
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _platform
 from ._enrich import enrichment
-from ._error_event import error_properties
+from ._error_event import SEVERITIES, error_properties
 from ._events import (
     MessageIds,
     explain_unpackable,
@@ -24,6 +24,9 @@ from ._events import (
 from ._exceptions import EventTooLargeError, EventTypeError, InvalidEventError, MpsenderError
 from ._options import Options, env_testing, resolve_options
 from ._paths import Paths, prepare_paths
+from ._session import Session, end_open, settle
+from ._session import _current as _session_var
+from ._session import _deferred as _deferred_sessions
 from ._sink import SenderSink, Sink
 from ._stats import ProcessStats, SenderStats, Stats
 from ._testrun import outside_capture
@@ -52,7 +55,7 @@ _platform.at_fork_in_child(_after_fork_in_child)
 _LONG = {
     "t": "type", "m": "messageId", "ts": "timestamp", "u": "userId", "a": "anonymousId",
     "e": "event", "n": "name", "cat": "category", "p": "properties", "tr": "traits",
-    "g": "groupId", "pv": "previousId", "c": "context", "i": "integrations",
+    "g": "groupId", "pv": "previousId", "c": "context", "i": "integrations", "s": "sessionId",
 }
 _SHORT = {v: k for k, v in _LONG.items()}
 
@@ -169,6 +172,7 @@ class Client:
         call to track() opens them again. False when the flush timed out, or when a
         signal handler calls it while the code it interrupted holds the file: then
         nothing is closed (the events are flushed all the same)."""
+        end_open("ok", client=self, at_exit=True)  # this client's sessions still open
         if self._sink is None:
             return True
         ok = self._sink.flush(timeout)
@@ -194,6 +198,7 @@ class Client:
     async def ashutdown(self, timeout: float = 5.0) -> bool:
         """``shutdown()`` for async code: :meth:`aflush`, then close this process's file
         and connection (which takes no wait). Idempotent."""
+        end_open("ok", client=self, at_exit=True)
         sink = self._sink
         if sink is None:
             return True
@@ -307,27 +312,38 @@ class Client:
                    timestamp, message_id, integrations)
 
     def capture_error(
-        self, exc: BaseException, *, user_id: str | None = None, anonymous_id: str | None = None,
-        properties: Mapping[str, Any] | None = None, context: Mapping[str, Any] | None = None,
+        self, exc: BaseException, *, severity: str = "error", user_id: str | None = None,
+        anonymous_id: str | None = None, properties: Mapping[str, Any] | None = None,
+        context: Mapping[str, Any] | None = None,
     ) -> None:
-        """Send a ``$error`` track event: type, message, a bounded stack and a stable
-        fingerprint (type + message shape + first in-app frame). Without a user the
-        event is attributed to ``anonymous_id="host:<hostname>"``.
+        """Send a ``$error`` track event: type, message, a bounded stack, a stable
+        fingerprint (type + message shape + first in-app frame), ``severity`` (``debug``,
+        ``info``, ``warning``, ``error`` or ``fatal``) and ``causes``, the chain of
+        exceptions behind it. Without a user the event is attributed to the current
+        session's ids, else to ``anonymous_id="host:<hostname>"``.
 
         Meant for ``except`` blocks, so it never replaces the exception being handled:
         an exception whose ``__str__`` raises or whose text is not UTF-8 is sent with a
         placeholder, and when ``properties``, ``context`` or the ids would make
         ``track()`` raise, the error event is sent without them (logged once, counted
-        in ``stats().process.rejected``). Only a non-exception ``exc`` raises.
+        in ``stats().process.rejected``). Only a non-exception ``exc`` or a bad
+        ``severity`` raises: mistakes in the call itself.
         """
+        if severity not in SEVERITIES:
+            self._check(_bad_severity, severity)
         if self._off:
             if self._test_run:
                 outside_capture("capture_error()")
             return
         props = self._check(error_properties, exc)
+        props["severity"] = severity
         host = f"host:{socket.gethostname()}"
         if user_id is None and anonymous_id is None:
-            anonymous_id = host
+            session = _session_var.get()
+            if session is not None and (session.user_id or session.anonymous_id):
+                user_id, anonymous_id = session.user_id, session.anonymous_id
+            else:
+                anonymous_id = host
         try:
             given = self._merge(properties, None, "properties") if properties is not None else {}
             self.track("$error", user_id=user_id, anonymous_id=anonymous_id,
@@ -356,6 +372,30 @@ class Client:
 
         return Timed(self, event, user_id, anonymous_id, properties)
 
+    def session(
+        self, session_id: str | None = None, *, user_id: str | None = None, anonymous_id: str | None = None,
+        properties: Mapping[str, Any] | None = None,
+    ) -> Session:
+        """A session, for a ``with`` (or ``async with``) block: ``Session Started`` on
+        entry, ``Session Ended`` (``duration``, ``outcome``) on exit, and every event
+        tracked inside (in any thread or task that runs in the block's context) carries
+        its ``session_id`` (a new UUID when None). Events inside that give no user get
+        the session's ``user_id``/``anonymous_id``. A session still open when the process
+        exits (or at ``shutdown()``) is ended then, once. Bad arguments raise here."""
+        return Session(self, session_id, user_id=user_id, anonymous_id=anonymous_id, properties=properties)
+
+    def _session_event(self, name: str, session: Session, properties: dict[str, Any],
+                       timestamp: float | None = None) -> None:
+        """``Session Started``/``Ended`` of ``session``, whatever session is current."""
+        if self._off:
+            return
+        uid, aid = session.user_id, session.anonymous_id
+        if uid is None and aid is None:
+            aid = f"host:{socket.gethostname()}"
+        rec: dict[str, Any] = {"t": "track", "e": name, "s": session.session_id,
+                               "p": {**self._props, **properties} if self._props else properties}
+        self._emit(rec, uid, aid, None, timestamp, None, None)
+
     # --- internals -----------------------------------------------------------------------
 
     def _view(self, kind: str, name: Any, category: Any, user_id: Any, anonymous_id: Any,
@@ -375,6 +415,14 @@ class Client:
 
     def _emit(self, rec: dict[str, Any], user_id: Any, anonymous_id: Any, context: Any,
               timestamp: Any, message_id: Any, integrations: Any) -> None:
+        if _deferred_sessions:
+            settle()  # sessions whose block raised an exception that was caught since
+        session = _session_var.get()
+        if session is not None:
+            if "s" not in rec:
+                rec["s"] = session.session_id
+            if user_id is None and anonymous_id is None:
+                user_id, anonymous_id = session.user_id, session.anonymous_id
         if user_id.__class__ is str and user_id and anonymous_id is None:
             rec["u"] = user_id
         else:
@@ -497,6 +545,12 @@ class Client:
         if not self._hook_failed:
             self._hook_failed = True
             logger.error(msg, *args, exc_info=exc_info)
+
+
+def _bad_severity(severity: Any) -> None:
+    if not isinstance(severity, str):
+        raise EventTypeError(f"severity must be a str, not {type(severity).__qualname__}")
+    raise InvalidEventError(f"severity must be one of {', '.join(SEVERITIES)}; got {severity!r}")
 
 
 #: fields a record of each type needs besides an id (what the wire encoders require)

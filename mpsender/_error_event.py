@@ -20,10 +20,14 @@ from typing import Any
 
 from ._exceptions import EventTypeError
 
-__all__ = ["MAX_STACK_FRAMES", "error_properties", "error_type_name", "message_shape"]
+__all__ = ["MAX_CAUSES", "MAX_STACK_FRAMES", "SEVERITIES", "error_properties", "error_type_name", "message_shape"]
 
 #: frames kept in an error event's stack (innermost last, as Python prints them)
 MAX_STACK_FRAMES = 30
+#: links kept in an error event's ``causes`` (the exception's cause, its cause's cause ...)
+MAX_CAUSES = 10
+#: the ``severity`` values ``capture_error()`` takes, least severe first
+SEVERITIES = ("debug", "info", "warning", "error", "fatal")
 _MAX_MESSAGE = 1000
 _SHAPE = re.compile(
     r"""0x[0-9a-fA-F]+|[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"""
@@ -50,17 +54,38 @@ def _in_app(filename: str) -> bool:
 
 
 def error_properties(exc: BaseException) -> dict[str, Any]:
-    """The properties of a ``$error`` event: type, message, bounded stack, fingerprint.
+    """The properties of a ``$error`` event: type, message, bounded stack, fingerprint,
+    and ``causes``, the chain that led to it (see :func:`_causes`).
 
     Raises only when ``exc`` is not an exception: whatever the exception does (a
-    ``__str__`` that raises, text that is not UTF-8, an odd ``__traceback__``), this
-    gives properties that can be sent, with ``<unprintable ...>`` for what could not be
-    read. It runs in an ``except`` block of the application and must not replace the
-    exception being handled there.
+    ``__str__`` that raises, text that is not UTF-8, an odd ``__traceback__``, a chain
+    that loops), this gives properties that can be sent, with ``<unprintable ...>`` for
+    what could not be read. It runs in an ``except`` block of the application and must
+    not replace the exception being handled there.
     """
     if not isinstance(exc, BaseException):
         raise EventTypeError(f"capture_error() takes an exception, not {type(exc).__qualname__}")
-    type_name = error_type_name(type(exc))
+    type_name, message, stack, fingerprint, anchor_text = _describe(exc)
+    try:
+        causes = _causes(exc)
+    except Exception:  # noqa: BLE001 - an exception whose chain cannot be walked: the event without it
+        causes = []
+    return {
+        "error_type": type_name,
+        "error_message": message,
+        "stack": stack,
+        "fingerprint": fingerprint,
+        "in_app_frame": anchor_text,
+        "causes": causes,
+    }
+
+
+def _describe(exc: BaseException) -> tuple[str, str, list[dict[str, Any]], str, str]:
+    """(type name, message, stack, fingerprint, anchor frame) of one exception; never raises."""
+    try:
+        type_name = error_type_name(type(exc))
+    except Exception:  # noqa: BLE001 - a metaclass with odd names
+        type_name = "<unknown type>"
     try:
         message = _text(str(exc)[:_MAX_MESSAGE])
     except Exception:  # noqa: BLE001 - a broken __str__ is the app's bug, not a reason to lose the event
@@ -77,13 +102,30 @@ def error_properties(exc: BaseException) -> dict[str, Any]:
     fingerprint = hashlib.sha1(
         f"{type_name}\0{message_shape(message)}\0{anchor_text}".encode(), usedforsecurity=False
     ).hexdigest()[:16]
-    return {
-        "error_type": type_name,
-        "error_message": message,
-        "stack": stack,
-        "fingerprint": fingerprint,
-        "in_app_frame": anchor_text,
-    }
+    return type_name, message, stack, fingerprint, anchor_text
+
+
+def _causes(exc: BaseException) -> list[dict[str, Any]]:
+    """The exceptions behind ``exc``, nearest first, as Python's traceback shows them:
+    ``__cause__`` (``raise ... from``), else ``__context__`` (raised while handling)
+    unless ``__suppress_context__`` (``from None``). At most MAX_CAUSES links; a chain
+    that loops back stops at the first exception seen twice."""
+    links: list[dict[str, Any]] = []
+    seen = {id(exc)}
+    current = exc
+    while len(links) < MAX_CAUSES:
+        cause = getattr(current, "__cause__", None)
+        relation = "cause"
+        if cause is None and not getattr(current, "__suppress_context__", False):
+            cause = getattr(current, "__context__", None)
+            relation = "context"
+        if not isinstance(cause, BaseException) or id(cause) in seen:
+            break
+        seen.add(id(cause))
+        type_name, message, _, fingerprint, _ = _describe(cause)
+        links.append({"type": type_name, "message": message, "fingerprint": fingerprint, "relation": relation})
+        current = cause
+    return links
 
 
 def error_type_name(etype: type[BaseException]) -> str:

@@ -71,7 +71,8 @@ class Options:
     linger: float = 30.0
     #: sender: timeout of one HTTP request
     request_timeout: float = 10.0
-    #: sender: deadline to drain on exit; what is left stays in the spool
+    #: sender: deadline to drain on exit; what is left stays in the spool. app: the
+    #: longest capture_uncaught waits for the endpoint before the process dies
     shutdown_timeout: float = 5.0
     #: init() waits at most this long for a new sender to listen (0: do not wait)
     start_timeout: float = 3.0
@@ -125,6 +126,9 @@ class Options:
     #: the OTLP formats' resource ``service.name`` (None: OTEL_SERVICE_NAME, else the
     #: program's name; resolved in the application process, where that name is known)
     service_name: str | None = None
+    #: app: init() hooks sys.excepthook and threading.excepthook: an uncaught exception
+    #: sends a $error event and ends the open sessions (docs/events.md)
+    capture_uncaught: bool = False
 
     def __post_init__(self) -> None:
         if not self.disabled:
@@ -183,6 +187,8 @@ class Options:
         self._check_ca_bundle()
         self._check_metrics_file()
         self._check_service_name()
+        if not isinstance(self.capture_uncaught, bool):
+            raise ConfigurationError(f"capture_uncaught must be a bool, got {self.capture_uncaught!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigurationError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 
@@ -347,6 +353,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "log_level": str,
     "metrics_file": _parse_optional_str,
     "service_name": _parse_optional_str,
+    "capture_uncaught": _parse_bool,
 }
 _DEFAULTS = {f.name: f for f in dataclasses.fields(Options)}
 

@@ -219,6 +219,20 @@ def _require(record: Mapping[str, Any], key: str) -> Any:
 
 # -- Segment ---------------------------------------------------------------------
 
+#: call types without properties: Segment's carry the session id in their context
+_NO_PROPERTIES: Final = frozenset({"identify", "group", "alias"})
+
+
+def _with_session(record: Mapping[str, Any]) -> Any:
+    """The record's properties, with ``session_id`` when it was tracked in a session
+    (a ``session_id`` property of the caller's own wins)."""
+    p = record.get("p") or {}
+    s = record.get("s")
+    if s is None or "session_id" in p:
+        return p
+    return {"session_id": s, **p}
+
+
 
 class SegmentEncoder:
     """Segment HTTP Tracking API: ``POST /v1/batch``, ``{"batch": [...], "sentAt": ...}``.
@@ -286,7 +300,7 @@ class SegmentEncoder:
                 if v is None:
                     raise ValueError("'track' record without 'e'")
                 out["event"] = v
-                out["properties"] = record.get("p") or {}
+                out["properties"] = _with_session(record)
             elif t == "identify":
                 out["traits"] = record.get("tr") or {}
             elif t == "page" or t == "screen":
@@ -296,7 +310,7 @@ class SegmentEncoder:
                 v = record.get("cat")
                 if v is not None:
                     out["category"] = v
-                out["properties"] = record.get("p") or {}
+                out["properties"] = _with_session(record)
             elif t == "group":
                 out["groupId"] = _require(record, "g")
                 out["traits"] = record.get("tr") or {}
@@ -305,6 +319,9 @@ class SegmentEncoder:
                 _require(record, "u")
             else:
                 raise ValueError(f"unknown call type {t!r}")
+            v = record.get("s")
+            if v is not None and t in _NO_PROPERTIES and "session_id" not in out["context"]:
+                out["context"] = {**out["context"], "session_id": v}
             return out
         except (KeyError, TypeError, AttributeError, OverflowError, OSError) as exc:
             raise ValueError(f"cannot encode record: {exc!r}") from exc
@@ -520,6 +537,9 @@ class PostHogEncoder:
         if distinct is None:
             raise ValueError(f"{t!r} record without 'u' or 'a'")
 
+        v = record.get("s")
+        if v is not None and "$session_id" not in props:
+            props["$session_id"] = v
         props["$lib"] = self._lib
         props["$lib_version"] = self._lib_version
         if "$ip" not in props and "$geoip_disable" not in props:

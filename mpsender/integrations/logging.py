@@ -134,9 +134,8 @@ class EventHandler(logging.Handler):
                              "function": _text(record.funcName) if record.funcName else record.funcName}
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, BaseException):
-            # severity goes in the properties until capture_error() takes it as an argument
-            props["severity"] = _severity(record.levelno)
-            client.capture_error(exc, user_id=user_id, anonymous_id=anonymous_id, properties=props)
+            client.capture_error(exc, severity=_severity(record.levelno), user_id=user_id,
+                                 anonymous_id=anonymous_id, properties=props)
             return
         if user_id is None and anonymous_id is None:
             anonymous_id = f"host:{socket.gethostname()}"

@@ -381,3 +381,64 @@ def test_without_redis_server_the_redis_runs_are_skipped_with_the_reason(tmp_pat
          str(Path(__file__))], cwd=str(REPO), env=env, capture_output=True, text=True, timeout=100)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "1 skipped" in proc.stdout and "redis-server is not installed" in proc.stdout, proc.stdout
+
+
+# --- uncaught exceptions (capture_uncaught) --------------------------------------------------
+
+CRASH_TASKS = '''"""A task of the example app whose own thread dies of an uncaught exception."""
+import threading
+
+import mpsender
+from tasks import app
+
+
+def _upload(user_id):
+    with mpsender.session(user_id=user_id):
+        try:
+            {}["bucket"]
+        except KeyError as exc:
+            raise OSError("upload failed") from exc
+
+
+@app.task
+def upload_in_thread(user_id):
+    thread = threading.Thread(target=_upload, args=(user_id,), name="uploader")
+    thread.start()
+    thread.join()
+    return user_id
+'''
+
+
+@pytest.mark.slow
+def test_an_uncaught_exception_in_a_pool_child_thread_arrives_as_an_error(
+        tmp_path: Path, collector: Collector, runtime_dir: str, env: dict[str, str],
+        workers: list[CeleryWorker]) -> None:
+    """capture_uncaught in the environment: the hooks installed by the worker's main process
+    are the pool child's too; a thread of a task that dies of an uncaught exception sends
+    $error (severity ``error``: the child lives on) from the child, with its cause chain and
+    the session the thread was in, which ends ``error``; the task itself succeeds. (Celery
+    catches what escapes a task, and billiard what escapes a child's main loop, so a thread
+    is where an uncaught exception of a child reaches the hooks.)"""
+    (tmp_path / "crash_tasks.py").write_text(CRASH_TASKS)
+    env = {**env, "MPSENDER_CAPTURE_UNCAUGHT": "1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])}
+    worker = CeleryWorker(tmp_path, env, ["--concurrency", "1", "-I", "crash_tasks"])
+    workers.append(worker)
+    worker.start()
+    [task_id] = check(run_app("import crash_tasks\nprint(crash_tasks.upload_in_thread.delay('u7').id)", env)).split()
+    assert collector.wait_for(lambda c: by_event(c, "$error") and by_event(c, TASK_EVENT)
+                              and by_event(c, "Session Ended"), 60), worker.output()
+    [error] = by_event(collector, "$error")
+    props = error["properties"]
+    assert (props["severity"], props["thread"], props["uncaught"], props["error_message"]) == (
+        "error", "uploader", True, "upload failed")
+    assert [c["type"] for c in props["causes"]] == ["KeyError"] and error["userId"] == "u7"
+    [ended] = by_event(collector, "Session Ended")
+    assert ended["properties"]["outcome"] == "error"
+    assert props["session_id"] == ended["properties"]["session_id"]
+    assert error["context"]["pid"] != worker.pid  # the pool child, not the main process
+    [finished] = by_event(collector, TASK_EVENT)
+    assert (finished["properties"]["task_id"], finished["properties"]["state"]) == (task_id, "SUCCESS")
+    # the previous hook still prints (Celery logs the child's stderr, a write at a time)
+    printed = worker.output()
+    assert "Exception in thread" in printed and "OSError" in printed and "upload failed" in printed, printed

@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+import httpx
 import psutil
 import pytest
 from support import (
@@ -372,3 +373,56 @@ def test_term_under_load_loses_nothing_and_a_quick_restart_reuses_the_sender(
     assert live_sender_pids(runtime_dir) == {sender}, "the restarted server started a new sender"
     assert_delivered(collector, sent | set(range(base, base + 100)), ok | more.ok(), again, exact=False)
     assert more.ok() == set(range(base, base + 100))
+
+
+# --- uncaught exceptions (capture_uncaught) ------------------------------------------------
+
+THREAD_CRASH_APP = '''"""The example app plus /crash-thread: a thread of the worker dies of an uncaught exception."""
+import threading
+
+from app import app as example
+
+
+def _export():
+    try:
+        {}["report"]
+    except KeyError as exc:
+        raise RuntimeError("export failed") from exc
+
+
+def app(environ, start_response):
+    if environ.get("PATH_INFO") == "/crash-thread":
+        thread = threading.Thread(target=_export, name="report-exporter")
+        thread.start()
+        thread.join()
+    return example(environ, start_response)
+'''
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preload", [False, True], ids=["nopreload", "preload"])
+def test_an_uncaught_exception_in_a_worker_thread_arrives_as_an_error(
+        preload: bool, tmp_path: Path, collector: Collector, runtime_dir: str, env: dict[str, str],
+        servers: list[Gunicorn]) -> None:
+    """capture_uncaught in the environment: a thread started by a worker that dies of an
+    uncaught exception sends $error (severity ``error``: the worker lives on) with its
+    thread name and cause chain, from the worker's pid; the thread's traceback is still
+    logged, and the worker goes on serving. (gunicorn catches whatever escapes a request,
+    the app's import or a hook in a worker's main thread, so a thread is where an
+    uncaught exception of a worker reaches the hooks.)"""
+    (tmp_path / "thread_crash_app.py").write_text(THREAD_CRASH_APP)
+    env = {**env, "MPSENDER_CAPTURE_UNCAUGHT": "1", "MPSENDER_ENRICH": "1"}
+    server = Gunicorn(tmp_path, env, ["-w", "2", *(["--preload"] if preload else [])], app="thread_crash_app:app")
+    servers.append(server)
+    server.start()
+    assert httpx.get(server.url + "/crash-thread", params={"id": "c1"}, timeout=30).status_code == 200
+    assert httpx.get(server.url + "/page", params={"id": "after"}, timeout=30).status_code == 200
+    assert collector.wait_for(lambda c: any(e["event"] == "$error" for e in c.events()), 20), server.output()
+    [error] = [e for e in collector.events() if e["event"] == "$error"]
+    props = error["properties"]
+    assert (props["severity"], props["thread"], props["uncaught"], props["error_message"]) == (
+        "error", "report-exporter", True, "export failed")
+    assert [c["type"] for c in props["causes"]] == ["KeyError"]
+    assert error["context"]["pid"] in server.workers() and error["context"]["pid"] != server.pid
+    assert "Exception in thread report-exporter" in server.output()  # the previous hook still prints
+    assert server.stop() == 0, server.output()

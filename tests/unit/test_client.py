@@ -666,7 +666,8 @@ def test_capture_error_sends_without_bad_arguments_and_warns_once(
         mpsender.capture_error(ValueError("second"), **kwargs)
     assert [e["properties"]["error_message"] for e in events] == ["first", "second"]
     for event in events:
-        assert set(event["properties"]) == {"error_type", "error_message", "stack", "fingerprint", "in_app_frame"}
+        assert set(event["properties"]) == {"error_type", "error_message", "stack", "fingerprint", "in_app_frame",
+                                              "severity", "causes"}
         assert {k: event[k] for k in kept} == kept
         assert "x" not in event["context"]
     assert mpsender.stats().process.rejected == 2
