@@ -74,6 +74,8 @@ ERROR_EVENT: Final = "$error"
 
 # The attributes the encoder sets itself (they win over a property of the same key).
 UID, USER_ID, ANONYMOUS_ID, EVENT_NAME = "log.record.uid", "user.id", "enduser.pseudo.id", "event.name"
+#: semantic conventions' session id: the mpsender.session() an event was tracked in
+SESSION_ID = "session.id"
 TYPE, NAME, CATEGORY, GROUP_ID, PREVIOUS_ID = (
     "mpsender.type", "mpsender.name", "mpsender.category", "mpsender.group_id", "mpsender.previous_id")
 TIMESTAMP = "mpsender.timestamp"  # an event time no timeUnixNano can carry (before 1970, past 2554)
@@ -226,6 +228,9 @@ class OtlpJsonEncoder:
             attrs[USER_ID] = u
         if a is not None:
             attrs[ANONYMOUS_ID] = a
+        s = record.get("s")
+        if s is not None:
+            attrs[SESSION_ID] = s
         if t == "page" or t == "screen":
             for key, attr in (("n", NAME), ("cat", CATEGORY)):
                 v = record.get(key)

@@ -373,3 +373,17 @@ def test_matching_a_session_to_an_exception_survives_an_unreadable_chain() -> No
     target = ValueError("v")
     assert _in_chain(target, raised(KeyError("k"), context=target))
     assert not _in_chain(target, CauseRaises("top"))
+
+
+def test_otlp_carries_the_session_in_session_id() -> None:
+    """OTLP: the semantic conventions' ``session.id`` attribute, on every call type."""
+    from mpsender._wire import get_encoder
+
+    otlp = get_encoder("otlp", write_key="", library_name="mpsender", library_version="0")
+
+    def attributes(record: dict[str, Any]) -> dict[str, Any]:
+        return {a["key"]: a["value"] for a in otlp.event(record)["attributes"]}
+
+    assert attributes(RECORD)["session.id"] == {"stringValue": "s1"}
+    assert attributes({**RECORD, "t": "identify"})["session.id"] == {"stringValue": "s1"}
+    assert "session.id" not in attributes({k: v for k, v in RECORD.items() if k != "s"})
