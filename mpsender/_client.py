@@ -30,6 +30,7 @@ from ._session import _deferred as _deferred_sessions
 from ._sink import SenderSink, Sink
 from ._stats import ProcessStats, SenderStats, Stats
 from ._testrun import outside_capture
+from ._wire_records import encode_record, json_size, wire_encoder
 
 if TYPE_CHECKING:
     from ._timed import Timed
@@ -102,6 +103,8 @@ class Client:
             _platform.require_supported()  # Windows: one clear error naming MPSENDER_DISABLED
             sink = SenderSink(options, prepare_paths(options))
         self._sink: Sink | None = sink
+        # the production sink only: mpsender.testing's checks decode what it is given
+        self._wire = wire_encoder(options) if isinstance(sink, SenderSink) else None
         self._off = sink is None
         # a test run (MPSENDER_TESTING): a call that goes nowhere says how to capture it
         self._test_run = self._off and env_testing()
@@ -453,14 +456,23 @@ class Client:
             # A backfill (or a hook's timestamp): the sender ages the event from when it
             # was written, never from its own time, so a historical event is not expired.
             rec["w"] = now
-        try:
-            payload = pack(rec)
-        except (TypeError, ValueError, OverflowError) as exc:
+        # While the sender reads them, the event as the endpoint will get it (no work left
+        # for the sender but framing it into a request); else, or when orjson refuses a
+        # value, packed (_wire_records).
+        wire = self._wire
+        payload = encode_record(wire, rec, now) if wire is not None and self._sink.wire_ready else None  # type: ignore[union-attr]
+        if payload is None:
+            try:
+                payload = pack(rec)
+            except (TypeError, ValueError, OverflowError) as exc:
+                self._rejected += 1
+                raise explain_unpackable(rec, exc) from None
+            size = len(payload)
+        else:
+            size = json_size(payload)
+        if size > self._max:
             self._rejected += 1
-            raise explain_unpackable(rec, exc) from None
-        if len(payload) > self._max:
-            self._rejected += 1
-            raise EventTooLargeError(len(payload), self._max)
+            raise EventTooLargeError(size, self._max)
         self._tracked += 1
         self._sink.write(payload, now)  # type: ignore[union-attr]  # None only when _off
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import itertools
+import json
 import logging
 import mmap
 import os
@@ -34,6 +35,7 @@ from ._platform import Connection
 from ._protocol import HELLO, WAKE_FRAME
 from ._reentry import HandlerSafeLock
 from ._version import __version__
+from ._wire_records import FEATURE
 
 __all__ = ["SenderLink"]
 
@@ -66,6 +68,9 @@ class SenderLink:
 
     def _reset(self) -> None:
         self.sock: Connection | None = None
+        #: the connection whose sender reads wire records (_wire_records): while it is
+        #: ``sock``, track() may write them
+        self.wire_sock: Connection | None = None
         self._lock = HandlerSafeLock()
         self._control = HandlerSafeLock()
         self._next_spawn = 0.0
@@ -144,6 +149,7 @@ class SenderLink:
             except OSError:
                 sock.close()
                 return False
+            self.wire_sock = sock if self._reads_wire(sock) else None
             self.sock = sock
         finally:
             self._lock.release()
@@ -152,6 +158,22 @@ class SenderLink:
         if self.bell is None:
             self.bell = _open_doorbell(self._paths)
         return True
+
+    def _reads_wire(self, sock: Connection) -> bool:
+        """Does the sender at the other end of ``sock`` read wire records? Its
+        ``sender.json`` says so, if that file is its own (the pid the socket reports; a
+        platform that reports none is taken at the file's word). An earlier version's
+        sender says nothing, and gets packed records."""
+        try:
+            with open(self._paths.info, "rb") as fh:
+                info = json.loads(fh.read(65536))
+            pid, _uid = _platform.peer_credentials(sock.sock)
+        except (OSError, ValueError):
+            return False
+        if not isinstance(info, dict) or (pid and info.get("pid") != pid):
+            return False
+        records = info.get("records")
+        return isinstance(records, list) and FEATURE in records
 
     def _try_spawn(self, wait: float) -> bool:
         try:

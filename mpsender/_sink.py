@@ -80,6 +80,12 @@ class SenderSink:
         self._counts = SinkCounters()
         self._next_check = 0.0
 
+    @property
+    def wire_ready(self) -> bool:
+        """Connected to a sender that reads records written as wire JSON (_wire_records)."""
+        link = self._link
+        return link.sock is not None and link.sock is link.wire_sock
+
     def _announce(self) -> None:
         self._link.hello()
 

@@ -117,14 +117,26 @@ def format_timestamp(ts: float) -> str:
     return prefix + _MS_SUFFIX[ms]
 
 
+#: the first 8 bytes of the last id formatted, and their text: a process's ids share them
+#: (``_events.MessageIds``: a per-process prefix and a counter), so only the counter's half
+#: is formatted per event
+_mid_cache: tuple[bytes, str] = (b"", "")
+
+
 def format_message_id(m: bytes | str) -> str:
     """16 bytes -> canonical UUID string (as ``str(uuid.UUID(bytes=m))``); a str passes through."""
+    global _mid_cache
     if isinstance(m, str):
         return m
     if len(m) != 16:
         raise ValueError(f"message id must be 16 bytes, got {len(m)}")
-    h = m.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    prefix = m[:8]
+    cached = _mid_cache
+    if cached[0] != prefix:
+        h = prefix.hex()
+        cached = _mid_cache = (prefix, f"{h[:8]}-{h[8:12]}-{h[12:16]}-")
+    t = m[8:].hex()
+    return f"{cached[1]}{t[:4]}-{t[4:]}"
 
 
 _orjson_dumps: Callable[..., bytes] | None

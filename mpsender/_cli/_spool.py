@@ -15,6 +15,7 @@ from .._client import Client
 from .._layout import DEADLETTER, LOCK, write_commits, write_state
 from .._sender._spool import Counters
 from .._version import __version__
+from .._wire_records import is_wire, read_record
 from . import _common as c
 from ._runtime import ControlError, Destination, select, sender_stats
 from ._spoolfiles import WalInfo, commits, deadletter, decode, pending_events, records, state, wal_files
@@ -160,8 +161,12 @@ def run_show(args: argparse.Namespace) -> int:
 def _show_one(out: Any, w: WalInfo, offset: int, payload: bytes, delivered: bool, encoder: Any,
               *, as_json: bool, mark: bool) -> None:
     try:
-        rec = decode(payload)
-        event = encoder.event(rec)
+        if is_wire(payload):  # written as the Segment event itself (_wire_records)
+            event = json.loads(read_record(payload)[2])
+            rec = _record_view(event)
+        else:
+            rec = decode(payload)
+            event = encoder.event(rec)
     except (ValueError, TypeError) as exc:
         if as_json:
             out.write(json.dumps({"_file": w.name, "_offset": offset, "_error": str(exc)}) + "\n")
@@ -184,6 +189,13 @@ def _show_one(out: Any, w: WalInfo, offset: int, payload: bytes, delivered: bool
     state_mark = ("delivered " if delivered else "pending   ") if mark else ""
     out.write(f"  {state_mark}{when}  {rec.get('t', '?'):<8} {json.dumps(what)}  {who}  {mid}  {body}".rstrip()
               + "\n")
+
+
+def _record_view(event: dict[str, Any]) -> dict[str, Any]:
+    """A Segment event as the record keys the listing reads."""
+    keys = {"t": "type", "ts": "timestamp", "u": "userId", "a": "anonymousId", "e": "event", "n": "name",
+            "g": "groupId", "pv": "previousId", "m": "messageId", "p": "properties", "tr": "traits"}
+    return {short: event[long] for short, long in keys.items() if event.get(long) is not None}
 
 
 # --- deadletter -----------------------------------------------------------------------------

@@ -29,6 +29,8 @@ from .._options import Options
 from .._platform import Connection, FrameError
 from .._protocol import FLUSH, HELLO, MAX_CONTROL, REPLY, STATS, STOP, WAKE
 from .._version import __version__
+from .._wire_records import FEATURE as WIRE_FEATURE
+from .._wire_records import MARK as WIRE_MARK
 from ._spool import Counters, Spool
 from ._uploader import Uploader
 
@@ -115,6 +117,8 @@ class Server:
             "pid": os.getpid(), "started_at": self.started_at, "version": __version__,
             "destination": self.options.redacted_endpoint(), "format": self.options.format,
             "spool": self.spool.dir, "socket": self.socket_path,
+            # what it reads besides packed records: applications write these only then
+            "records": [WIRE_FEATURE],
         }
         tmp = os.path.join(self.dest, layout.INFO + ".tmp")
         with open(tmp, "w") as fh:
@@ -268,7 +272,7 @@ class Server:
 
     def _message(self, conn: _Conn, data: bytes) -> None:
         first = data[0]
-        if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF):
+        if 0x80 <= first <= 0x8F or first in (0xDE, 0xDF, WIRE_MARK):  # a record: packed, or wire JSON
             self._memory_event(data)
             return
         try:

@@ -39,7 +39,9 @@ from .._retry import (
     parse_retry_after,
 )
 from .._version import __version__
-from .._wire import format_timestamp, get_encoder, gzip_compress
+from .._wire import SegmentEncoder, format_timestamp, get_encoder, gzip_compress
+from .._wire_records import MARK as WIRE_MARK
+from .._wire_records import read_record
 from ._http import build_client
 from ._spool import Counters, Entry, Spool
 
@@ -339,26 +341,43 @@ class Uploader(threading.Thread):
         now = time.time()
         too_old = now - opts.max_event_age if opts.max_event_age is not None else None
         encode = self.encoder.encode
+        # wire records are the Segment format's events; another format's sender (it cannot
+        # meet one: the format is part of the destination) dead-letters them as undecodable
+        wire_ok = isinstance(self.encoder, SegmentEncoder)
         received = queued = queued_bytes = 0
         for e in entries:
             payload = e.payload
             if payload is None:
                 continue  # a corrupt region, skipped
             received += 1
-            try:
-                rec = unpack(payload)
-                e.ts = ts = written_at(rec, now)
-                if too_old is not None and ts < too_old:
+            if payload[0] == WIRE_MARK and wire_ok:  # written as the wire's JSON: nothing to decode
+                try:
+                    e.ts, e.mid, wire = read_record(payload)
+                except ValueError as exc:
+                    self._dead_letter([e], None, f"undecodable record: {exc}")
+                    self.counters.drop("undecodable")
+                    e.payload = None
+                    continue
+                if too_old is not None and e.ts < too_old:
                     self.counters.drop("expired")
                     e.payload = None
                     continue
-                e.mid = rec["m"]  # no id: undecodable, as before (the encoder formats it)
-                e.wire = wire = encode(rec)
-            except Exception as exc:  # noqa: BLE001 - a record we cannot read is dead-lettered, not retried
-                self._dead_letter([e], None, f"undecodable record: {exc!r}")
-                self.counters.drop("undecodable")
-                e.payload = None
-                continue
+                e.wire = wire
+            else:
+                try:
+                    rec = unpack(payload)
+                    e.ts = ts = written_at(rec, now)
+                    if too_old is not None and ts < too_old:
+                        self.counters.drop("expired")
+                        e.payload = None
+                        continue
+                    e.mid = rec["m"]  # no id: undecodable, as before (the encoder formats it)
+                    e.wire = wire = encode(rec)
+                except Exception as exc:  # noqa: BLE001 - a record we cannot read is dead-lettered, not retried
+                    self._dead_letter([e], None, f"undecodable record: {exc!r}")
+                    self.counters.drop("undecodable")
+                    e.payload = None
+                    continue
             if len(wire) > max_bytes:
                 self._dead_letter([e], None, f"event is {len(wire)} bytes encoded, over {max_bytes}")
                 self.counters.drop("oversize")

@@ -589,3 +589,16 @@ def test_the_fast_extra_deflates_with_isal() -> None:
     from mpsender import _wire
 
     assert _wire._gzip_compressobj is isal_zlib.compressobj
+
+
+def test_message_ids_format_as_uuids_whether_they_share_a_prefix_or_not() -> None:
+    """The formatted prefix is cached: ids of one process, and of others, interleaved."""
+    import os
+    import uuid
+
+    from mpsender._events import MessageIds
+    from mpsender._wire import format_message_id
+
+    a, b = MessageIds(), MessageIds()
+    ids = [a.next(), a.next(), b.next(), a.next(), os.urandom(16), b.next(), b.next()]
+    assert [format_message_id(m) for m in ids] == [str(uuid.UUID(bytes=m)) for m in ids]
