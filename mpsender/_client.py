@@ -467,12 +467,12 @@ class Client:
             except (TypeError, ValueError, OverflowError) as exc:
                 self._rejected += 1
                 raise explain_unpackable(rec, exc) from None
-            size = len(payload)
+            size, form = len(payload), "packed"
         else:
-            size = json_size(payload)
+            size, form = json_size(payload), "as JSON"
         if size > self._max:
             self._rejected += 1
-            raise EventTooLargeError(size, self._max)
+            raise EventTooLargeError(size, self._max, form)
         self._tracked += 1
         self._sink.write(payload, now)  # type: ignore[union-attr]  # None only when _off
 

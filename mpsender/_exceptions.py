@@ -43,13 +43,13 @@ class InvalidEventError(MpsenderError, ValueError):
 
 
 class EventTooLargeError(InvalidEventError):
-    """The packed event is larger than ``max_message_bytes``."""
+    """The event, packed or as its wire JSON, is larger than ``max_message_bytes``."""
 
-    def __init__(self, size: int, limit: int) -> None:
+    def __init__(self, size: int, limit: int, form: str = "packed") -> None:
         self.size = size
         self.limit = limit
         super().__init__(
-            f"event is {size} bytes packed, over the limit of {limit} bytes "
+            f"event is {size} bytes {form}, over the limit of {limit} bytes "
             "(max_message_bytes); trim its properties"
         )
 

@@ -9,10 +9,10 @@ import os
 from pathlib import Path
 
 import pytest
+from support import app_env, check, run_app
 
 from mpsender._collector import Collector
 from mpsender._framing import scan
-from tests.support import app_env, check, run_app
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.skipif(
     __import__("importlib").util.find_spec("orjson") is None, reason="wire records need orjson (the fast extra)")]
@@ -72,3 +72,15 @@ def test_a_value_orjson_refuses_is_packed_in_the_same_file_and_both_arrive(clien
     events = sorted(collector.events(), key=lambda e: e["properties"]["i"])
     assert [e["properties"]["i"] for e in events] == [0, 1, 2]
     assert events[1]["properties"]["raw"] == "bytes"  # as the packed path has always sent it
+
+
+def test_an_event_over_max_message_bytes_as_json_is_refused_at_the_call(client_factory) -> None:
+    """The bound is on the JSON the endpoint would get, checked in track(), not in the sender."""
+    import mpsender
+
+    client = client_factory(max_message_bytes=1_000)
+    assert client.start(wait=10)
+    client.track("E", user_id="u", properties={"blob": "x" * 700})  # under the bound as JSON too
+    with pytest.raises(mpsender.EventTooLargeError, match=r"event is \d+ bytes as JSON, over the limit of 1000"):
+        client.track("E", user_id="u", properties={"blob": "x" * 960})  # packed ~1,000 B, JSON ~1,150
+    assert client.stats().process.rejected == 1

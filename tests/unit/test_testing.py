@@ -208,7 +208,9 @@ def test_validation_errors_raise_inside_capture() -> None:
 
 def test_an_event_the_sender_would_refuse_is_counted_not_recorded(caplog: pytest.LogCaptureFixture) -> None:
     """An event under max_message_bytes packed but over it as JSON is dropped by the sender
-    in production (dead-lettered as oversize); capture counts it the same way and warns."""
+    in production when it was packed (dead-lettered as oversize; where track() writes the
+    wire JSON it raises EventTooLargeError instead); capture counts it as the sender would
+    and warns."""
     with capture(max_message_bytes=1_000) as events:
         mpsender.track("Edge", user_id="u", properties={"blob": "x" * 900})
     assert events == [] and events.dropped == {"oversize": 1}
