@@ -103,8 +103,8 @@ class Client:
             _platform.require_supported()  # Windows: one clear error naming MPSENDER_DISABLED
             sink = SenderSink(options, prepare_paths(options))
         self._sink: Sink | None = sink
-        # the production sink only: mpsender.testing's checks decode what it is given
-        self._wire = wire_encoder(options) if isinstance(sink, SenderSink) else None
+        # asked for, and the production sink only: mpsender.testing's checks decode what it is given
+        self._wire = wire_encoder(options) if options.wire_records and isinstance(sink, SenderSink) else None
         self._off = sink is None
         # a test run (MPSENDER_TESTING): a call that goes nowhere says how to capture it
         self._test_run = self._off and env_testing()
@@ -456,9 +456,9 @@ class Client:
             # A backfill (or a hook's timestamp): the sender ages the event from when it
             # was written, never from its own time, so a historical event is not expired.
             rec["w"] = now
-        # While the sender reads them, the event as the endpoint will get it (no work left
-        # for the sender but framing it into a request); else, or when orjson refuses a
-        # value, packed (_wire_records).
+        # With wire_records, while the sender reads them: the event as the endpoint will get
+        # it (no work left for the sender but framing it into a request); else, or when
+        # orjson refuses a value, packed (_wire_records).
         wire = self._wire
         payload = encode_record(wire, rec, now) if wire is not None and self._sink.wire_ready else None  # type: ignore[union-attr]
         if payload is None:

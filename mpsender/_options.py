@@ -114,6 +114,10 @@ class Options:
     context: Mapping[str, Any] = field(default_factory=dict)
     #: app: add host name, pid and worker ids to context
     enrich: bool = False
+    #: app: for the segment and json formats with orjson, track() writes the event's wire JSON
+    #: (the sender only frames it): the sender's CPU per event about halves at high rates,
+    #: track() costs more (benchmarks/README.md, "Request-like rates")
+    wire_records: bool = False
     #: the Python interpreter that runs the sender (default: found from sys.executable)
     python: str | None = None
     #: sender: log level of the sender's own log file
@@ -189,6 +193,8 @@ class Options:
         self._check_service_name()
         if not isinstance(self.capture_uncaught, bool):
             raise ConfigurationError(f"capture_uncaught must be a bool, got {self.capture_uncaught!r}")
+        if not isinstance(self.wire_records, bool):
+            raise ConfigurationError(f"wire_records must be a bool, got {self.wire_records!r}")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ConfigurationError(f"log_level must be DEBUG, INFO, WARNING or ERROR, got {self.log_level!r}")
 
@@ -354,6 +360,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "metrics_file": _parse_optional_str,
     "service_name": _parse_optional_str,
     "capture_uncaught": _parse_bool,
+    "wire_records": _parse_bool,
 }
 _DEFAULTS = {f.name: f for f in dataclasses.fields(Options)}
 
