@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import itertools
 import os
+import platform
+import re
 import signal
 import sys
 from pathlib import Path
@@ -81,8 +83,23 @@ class Uwsgi(HttpServer):
 
 def start(servers: list[Uwsgi], server: Uwsgi) -> Uwsgi:
     servers.append(server)
-    server.start()
+    try:
+        server.start()
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}{_python_mismatch(server.text())}") from None
     return server
+
+
+def _python_mismatch(log: str) -> str:
+    """Why a uWSGI binary cannot load the app here, when it embeds another Python build: pip's
+    wheel cache hands a uWSGI compiled for one CPython to another of the same minor version
+    (pyenv's and the OS's, say), and its stdlib is not the one it was built for."""
+    found = re.search(r"^Python version: (\S+)", log, re.MULTILINE)
+    if found is None or found.group(1) == platform.python_version():
+        return ""
+    return (f"\n\nThis uWSGI embeds Python {found.group(1)}, this virtualenv's is {platform.python_version()}: "
+            "a uWSGI wheel from pip's cache, built for another Python; rebuild it with "
+            "`pip install --no-cache-dir --force-reinstall uwsgi` (docs/integrations.md, uWSGI)")
 
 
 N = 200
