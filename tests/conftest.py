@@ -4,8 +4,9 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -42,23 +43,33 @@ def collector(tmp_path: Path) -> Iterator[Collector]:
 
 
 @pytest.fixture
-def client_factory(collector: Collector, runtime_dir: str) -> Iterator[object]:
-    """Build Clients pointed at the collector; shut down at teardown."""
+def make_client(runtime_dir: str) -> Iterator[Callable[..., mpsender.Client]]:
+    """Build Clients for any endpoint (and format) under the test's runtime_dir; shut down at
+    teardown. ``client_factory`` is the same pointed at the ``collector`` fixture."""
     made: list[mpsender.Client] = []
 
-    def make(**options: object) -> mpsender.Client:
-        options.setdefault("write_key", "test-key")
-        options.setdefault("endpoint", collector.url)
+    def make(endpoint: str, **options: Any) -> mpsender.Client:
         options.setdefault("runtime_dir", runtime_dir)
         options.setdefault("linger", 2.0)
         options.setdefault("flush_interval", 0.05)
-        client = mpsender.Client(**options)  # type: ignore[arg-type]
+        client = mpsender.Client(endpoint=endpoint, **options)
         made.append(client)
         return client
 
     yield make
     for client in made:
         client.shutdown(timeout=0.0)
+
+
+@pytest.fixture
+def client_factory(collector: Collector, make_client: Callable[..., mpsender.Client]) -> Callable[..., mpsender.Client]:
+    """Build Clients pointed at the collector; shut down at teardown."""
+
+    def make(**options: Any) -> mpsender.Client:
+        options.setdefault("write_key", "test-key")
+        return make_client(options.pop("endpoint", collector.url), **options)
+
+    return make
 
 
 #: what a developer's shell may export that would route the senders' requests elsewhere

@@ -47,22 +47,14 @@ def every_call(client: mpsender.Client) -> None:
 
 
 @pytest.fixture
-def make_client(runtime_dir: str) -> Iterator[Callable[..., mpsender.Client]]:
-    """Build Clients for any endpoint under the test's runtime_dir; shut down at teardown."""
-    made: list[mpsender.Client] = []
+def make_client(make_client: Callable[..., mpsender.Client]) -> Callable[..., mpsender.Client]:
+    """The shared fixture (tests/conftest.py), with this module's write key by default."""
 
     def make(endpoint: str, **options: Any) -> mpsender.Client:
         options.setdefault("write_key", KEY)
-        options.setdefault("runtime_dir", runtime_dir)
-        options.setdefault("linger", 2.0)
-        options.setdefault("flush_interval", 0.05)
-        client = mpsender.Client(endpoint=endpoint, **options)
-        made.append(client)
-        return client
+        return make_client(endpoint, **options)
 
-    yield make
-    for client in made:
-        client.shutdown(timeout=0.0)
+    return make
 
 
 @pytest.fixture

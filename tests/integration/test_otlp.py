@@ -57,24 +57,6 @@ def every_call(client: mpsender.Client) -> None:
 
 
 @pytest.fixture
-def make_client(runtime_dir: str) -> Iterator[Callable[..., mpsender.Client]]:
-    """Build Clients for any endpoint under the test's runtime_dir; shut down at teardown."""
-    made: list[mpsender.Client] = []
-
-    def make(endpoint: str, **options: Any) -> mpsender.Client:
-        options.setdefault("runtime_dir", runtime_dir)
-        options.setdefault("linger", 2.0)
-        options.setdefault("flush_interval", 0.05)
-        client = mpsender.Client(endpoint=endpoint, **options)
-        made.append(client)
-        return client
-
-    yield make
-    for client in made:
-        client.shutdown(timeout=0.0)
-
-
-@pytest.fixture
 def wire_collector(tmp_path: Path) -> Iterator[Collector]:
     """A collector that keeps every request body as it came, and checks the key (Bearer)."""
     c = Collector(tmp_path / "otlp.db", write_key=KEY, keep_bodies=True)
