@@ -32,7 +32,7 @@ from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._events import _id
+from ._events import _id, require_name
 from ._exceptions import EventTypeError, InvalidEventError, MpsenderError
 
 if TYPE_CHECKING:
@@ -74,7 +74,7 @@ class Session:
                  anonymous_id: str | None = None, properties: Mapping[str, Any] | None = None) -> None:
         if session_id is None:
             session_id = str(uuid.uuid4())
-        self.session_id: str = _text_arg(session_id, "session_id")
+        self.session_id: str = require_name(session_id, "session_id")
         self.user_id: str | None = _id(user_id, "user_id")  # as track() takes them: str, int or UUID
         self.anonymous_id: str | None = _id(anonymous_id, "anonymous_id")
         if properties is None:
@@ -180,14 +180,6 @@ class Session:
         raised (directly or not) while handling it."""
         info = self._end_info
         return info is not None and exc is not None and _in_chain(info[0], exc)
-
-
-def _text_arg(value: Any, what: str) -> str:
-    if not isinstance(value, str):
-        raise EventTypeError(f"{what} must be a str, not {type(value).__qualname__}")
-    if not value:
-        raise InvalidEventError(f"{what} must not be empty")
-    return value
 
 
 def _outcome(exc: BaseException | None) -> str:
