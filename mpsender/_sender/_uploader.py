@@ -54,6 +54,8 @@ HOUSEKEEPING = 1.0
 _PARTIAL_POLL = 0.05
 #: and never sooner than this, whatever rate it fills at
 _MIN_PARTIAL_WAIT = 0.005
+#: bytes of a request that are not its events (Segment's ``{"batch":[...],"sentAt":...}``)
+_ENVELOPE = 64
 _AUTH_PAUSE = 30.0
 #: zlib level of request bodies. Level 1 deflates a batch of JSON events much faster than
 #: level 6 for a few more bytes (benchmarks/README.md, "The fast extra"): the sender
@@ -314,7 +316,7 @@ class Uploader(threading.Thread):
         count, size = self._pending_count, self._pending_bytes
         if elapsed < _PARTIAL_POLL or not count:
             return max(0.0, min(_PARTIAL_POLL, left))  # no rate to go by yet
-        to_full = elapsed * min((opts.batch_size - count) / count, (opts.batch_bytes - 64 - size) / size)
+        to_full = elapsed * min((opts.batch_size - count) / count, (opts.batch_bytes - _ENVELOPE - size) / size)
         return max(0.0, min(left, max(_MIN_PARTIAL_WAIT, to_full)))
 
     def _sleep(self, timeout: float) -> None:
@@ -350,34 +352,27 @@ class Uploader(threading.Thread):
             if payload is None:
                 continue  # a corrupt region, skipped
             received += 1
-            if payload[0] == WIRE_MARK and wire_ok:  # written as the wire's JSON: nothing to decode
-                try:
+            try:
+                if payload[0] == WIRE_MARK and wire_ok:  # written as the wire's JSON: nothing to decode
                     e.ts, e.mid, wire = read_record(payload)
-                except ValueError as exc:
-                    self._dead_letter([e], None, f"undecodable record: {exc}")
-                    self.counters.drop("undecodable")
-                    e.payload = None
-                    continue
+                    rec = None
+                else:
+                    rec = unpack(payload)
+                    e.ts = written_at(rec, now)
                 if too_old is not None and e.ts < too_old:
                     self.counters.drop("expired")
                     e.payload = None
                     continue
-                e.wire = wire
-            else:
-                try:
-                    rec = unpack(payload)
-                    e.ts = ts = written_at(rec, now)
-                    if too_old is not None and ts < too_old:
-                        self.counters.drop("expired")
-                        e.payload = None
-                        continue
+                if rec is not None:
                     e.mid = rec["m"]  # no id: undecodable, as before (the encoder formats it)
                     e.wire = wire = encode(rec)
-                except Exception as exc:  # noqa: BLE001 - a record we cannot read is dead-lettered, not retried
-                    self._dead_letter([e], None, f"undecodable record: {exc!r}")
-                    self.counters.drop("undecodable")
-                    e.payload = None
-                    continue
+                else:
+                    e.wire = wire
+            except Exception as exc:  # noqa: BLE001 - a record we cannot read is dead-lettered, not retried
+                self._dead_letter([e], None, f"undecodable record: {exc!r}")
+                self.counters.drop("undecodable")
+                e.payload = None
+                continue
             if len(wire) > max_bytes:
                 self._dead_letter([e], None, f"event is {len(wire)} bytes encoded, over {max_bytes}")
                 self.counters.drop("oversize")
@@ -394,7 +389,7 @@ class Uploader(threading.Thread):
     def _cut(self, *, force: bool) -> list[Entry]:
         """Take a batch off the front of the pending records, keeping their order."""
         opts = self.options
-        budget = opts.batch_bytes - 64  # room for the envelope
+        budget = opts.batch_bytes - _ENVELOPE
         pending = self._pending
         if (not force and 0 < self._pending_count < opts.batch_size
                 and self._pending_bytes <= budget):
