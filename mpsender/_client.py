@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import time
 import weakref
 from collections.abc import Callable, Mapping
@@ -16,6 +15,7 @@ from ._error_event import SEVERITIES, error_properties
 from ._events import (
     MessageIds,
     explain_unpackable,
+    host_anonymous_id,
     identity,
     pack,
     require_name,
@@ -340,7 +340,7 @@ class Client:
             return
         props = self._check(error_properties, exc)
         props["severity"] = severity
-        host = f"host:{socket.gethostname()}"
+        host = host_anonymous_id()
         if user_id is None and anonymous_id is None:
             session = _session_var.get()
             if session is not None and (session.user_id or session.anonymous_id):
@@ -394,7 +394,7 @@ class Client:
             return
         uid, aid = session.user_id, session.anonymous_id
         if uid is None and aid is None:
-            aid = f"host:{socket.gethostname()}"
+            aid = host_anonymous_id()
         rec: dict[str, Any] = {"t": "track", "e": name, "s": session.session_id,
                                "p": {**self._props, **properties} if self._props else properties}
         self._emit(rec, uid, aid, None, timestamp, None, None)

@@ -13,6 +13,7 @@ import itertools
 import math
 import os
 import re
+import socket
 import threading
 import uuid
 from collections.abc import Callable, Mapping
@@ -380,6 +381,12 @@ def _bad_timestamp(value: object, why: str) -> InvalidEventError:
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return InvalidEventError(f"timestamp {shown} {why}")
+
+
+def host_anonymous_id() -> str:
+    """``host:<hostname>``: who an event with no user is attributed to (capture_error(), a
+    session, timed() and the logging handler without ids)."""
+    return f"host:{socket.gethostname()}"
 
 
 def require_name(value: Any, what: str) -> str:

@@ -17,7 +17,6 @@ import contextvars
 import functools
 import inspect
 import logging
-import socket
 import time
 from collections.abc import Callable, Mapping
 from types import TracebackType
@@ -25,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from . import _api
 from ._error_event import error_type_name
-from ._events import _checked, identity, require_name
+from ._events import _checked, host_anonymous_id, identity, require_name
 from ._exceptions import EventTypeError, InvalidEventError
 
 if TYPE_CHECKING:
@@ -156,7 +155,7 @@ class Timed:
             props["error_type"] = error_type_name(error)
         user_id, anonymous_id = self._user_id, self._anonymous_id
         if user_id is None and anonymous_id is None:
-            anonymous_id = f"host:{socket.gethostname()}"  # as capture_error() attributes an event
+            anonymous_id = host_anonymous_id()  # as capture_error() attributes an event
         try:
             client = self._client if self._client is not None else _api.get_client()
             client.track(self._event, user_id=user_id, anonymous_id=anonymous_id, properties=props)

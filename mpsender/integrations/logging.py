@@ -31,14 +31,13 @@ events, and a record logged while this thread is already inside the handler (by 
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from typing import Any
 
 from mpsender import _api
 from mpsender._client import Client
 from mpsender._error_event import _text
-from mpsender._events import _checked, require_name
+from mpsender._events import _checked, host_anonymous_id, require_name
 from mpsender._exceptions import EventTypeError, NotInitializedError
 
 __all__ = ["EventHandler"]
@@ -138,7 +137,7 @@ class EventHandler(logging.Handler):
                                  anonymous_id=anonymous_id, properties=props)
             return
         if user_id is None and anonymous_id is None:
-            anonymous_id = f"host:{socket.gethostname()}"
+            anonymous_id = host_anonymous_id()
         client.track(self.event, user_id=user_id, anonymous_id=anonymous_id, properties=props)
 
 
