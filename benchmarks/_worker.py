@@ -8,10 +8,11 @@ Roles:
   line of results. Without ``finish`` it leaves through ``os._exit`` right after
   printing, so a peer's exit-time flush is not waited for (that run measures the calling
   thread only).
-* ``paced``: one producer of ``bench_paced.py``: ``lib`` (or ``"none"``, the baseline that
-  builds the same events and does not track them) called for ``n`` fresh events at
-  ``rate`` events/s on absolute deadlines, then the library's exit flush; prints the
-  process's CPU (every thread) over the loop and over loop + flush.
+* ``paced``: one producer of ``bench_paced.py``: fresh events at ``rate`` events/s on
+  absolute deadlines, in blocks that alternate between a baseline (the event is built and
+  dropped) and ``lib`` (built and tracked; ``"none"``: dropped too), then the library's
+  exit flush; prints, per block, this thread's CPU and the process's (every thread), and
+  the process's CPU over the loop and over loop + flush.
 * ``floor``: the same timing loop around ``msgpack.packb`` of mpsender's record, a bare
   ``send()`` of its frame on a SOCK_SEQPACKET socket drained by a forked reader, and an
   ``os.write`` of it to an O_APPEND file.
@@ -180,10 +181,15 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
 # --- paced: request-like rates ---------------------------------------------------------------
 
 
+def _nothing(uid: str, props: dict[str, Any]) -> bool:
+    """The baseline's call: the event is built, then dropped."""
+    return True
+
+
 def _track_call(lib: str, client: Any) -> Callable[[str, dict[str, Any]], bool]:
     """``call(user_id, properties) -> accepted`` for ``lib``; ``"none"`` tracks nothing."""
     if lib == "none":
-        return lambda uid, props: True
+        return _nothing
     if lib == "mpsender":
         track = client.track
 
@@ -200,13 +206,20 @@ def _track_call(lib: str, client: Any) -> Callable[[str, dict[str, Any]], bool]:
 
 
 def paced(spec: dict[str, Any]) -> dict[str, Any]:
-    """``n`` events at ``rate``/s: event i is built and tracked at ``t0 + i / rate`` (absolute
-    deadlines: a late event does not push the later ones back), then the exit flush.
+    """``pairs`` pairs of blocks of ``block`` fresh events each at ``rate``/s: event i (of
+    either kind) is built at ``t0 + i / rate`` (absolute deadlines: a late event does not
+    push the later ones back); in a baseline block it is built and dropped, in a tracked
+    block built and tracked. Blocks alternate, a baseline block first, so both kinds see the
+    same caches, load and time. Then the exit flush.
 
-    CPU is ``time.process_time()`` (CLOCK_PROCESS_CPUTIME_ID: user + system of every thread
-    of this process, a peer's upload thread included, in ns, where /proc's ticks of 10 ms
-    would be 20 µs per event at 100 events/s over 5 s)."""
-    lib, w, n, rate = spec["lib"], int(spec["w"]), int(spec["n"]), float(spec["rate"])
+    Per block, the CPU of this thread (``time.thread_time_ns``: the builder, the pacing and,
+    in a tracked block, ``track()``) and of the process (``time.process_time_ns``:
+    CLOCK_PROCESS_CPUTIME_ID, user + system of every thread, a peer's upload thread
+    included, in ns, where /proc's ticks of 10 ms would be 20 µs per event at 100 events/s
+    over 5 s). Each block runs from just before the pacing of its first event to just
+    before that of the next block's, so the blocks partition the loop."""
+    lib, w, rate = spec["lib"], int(spec["w"]), float(spec["rate"])
+    block, pairs = int(spec["block"]), int(spec["pairs"])
     if lib == "none":
         client: Any = None
 
@@ -222,26 +235,41 @@ def paced(spec: dict[str, Any]) -> dict[str, Any]:
     if sys.stdin.readline().strip() != "go":
         raise SystemExit("no go")
     interval = 1.0 / rate
-    monotonic, sleep, cpu = time.monotonic, time.sleep, time.process_time
+    monotonic, sleep = time.monotonic, time.sleep
+    thread_ns, process_ns = time.thread_time_ns, time.process_time_ns
     dropped = late = 0
-    cpu0 = cpu()
+    blocks: list[list[int]] = []  # per block: [tracked (0/1), this thread's CPU ns, the process's CPU ns]
+    i = 0
+    p0 = process_ns()
     t0 = monotonic()
-    for i in range(n):
-        delay = t0 + i * interval - monotonic()
-        if delay > 0:
-            sleep(delay)
-        elif delay < -interval:
-            late += 1
-        if not call(user(w, i), build(w, i)):
-            dropped += 1
+    th_start, p_start = thread_ns(), p0
+    for b in range(2 * pairs):
+        # the same loop body for both kinds, down to a call per event (the baseline's does
+        # nothing), and the same events: event k of each kind is build(w, k)
+        fn = call if b % 2 else _nothing
+        seq0 = (b // 2) * block
+        for k in range(seq0, seq0 + block):
+            delay = t0 + i * interval - monotonic()
+            if delay > 0:
+                sleep(delay)
+            elif delay < -interval:
+                late += 1
+            if not fn(user(w, k), build(w, k)):
+                dropped += 1
+            i += 1
+        th_end, p_end = thread_ns(), process_ns()
+        blocks.append([b % 2, th_end - th_start, p_end - p_start])
+        th_start, p_start = th_end, p_end
     t_loop = monotonic()
-    cpu_loop = cpu() - cpu0
+    cpu_loop = p_start - p0
     finish()
     t_finished = monotonic()
-    cpu_all = cpu() - cpu0
-    result = {"lib": lib, "w": w, "n": n, "rate": rate, "dropped": dropped, "late": late,
+    cpu_all = process_ns() - p0
+    result = {"lib": lib, "w": w, "block": block, "pairs": pairs, "paced": i, "tracked": pairs * block,
+              "rate": rate, "dropped": dropped, "late": late,
               "t_first": t0, "t_loop": t_loop, "t_finished": t_finished,
-              "cpu_loop": cpu_loop, "cpu": cpu_all, "threads": threading.active_count()}
+              "cpu_loop": cpu_loop / 1e9, "cpu": cpu_all / 1e9, "blocks": blocks,
+              "threads": threading.active_count()}
     print(json.dumps(result), flush=True)
     os._exit(0)  # nothing more to pay for: mpsender's events are in its spool file, a peer has flushed
 

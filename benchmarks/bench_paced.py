@@ -11,17 +11,45 @@ A tight loop says what one call costs; a web app tracks a few events per request
 are spread over few events. Each row: ``--rates`` events/s in total over 1 and 4 producer
 processes (``--producers``), each a fresh interpreter that paces itself (event i at
 ``t0 + i / rate``, absolute deadlines) for ``--seconds`` (or ``--max-events`` per
-producer, whichever is fewer events), building a fresh request-like event per call
+producer, whichever is fewer events), building a fresh request-like event per deadline
 (``_common.realistic_properties``: 20 keys, nested, ~650 B as JSON, values varying).
 
-* app µs/event: CPU of every producer process (all threads, so a peer's upload thread is
-  here), from the first paced event to the end of the library's exit flush, per event,
-  LESS the same per event in the baseline row with the same rate and producers: the same
-  builder, the same pacing, no tracking (``none``). What is left is what the library
-  costs the app. A negative figure is noise.
+Each producer alternates blocks of ~``--block`` seconds (a whole number of events, the
+same in every block): a baseline block, where each event is built and dropped, then a
+tracked block, where each is built and tracked, and so on, as many of each. So the
+baseline runs in the same process as the library, interleaved with it, and both see the
+same caches, the same load of the machine and the same moment. (A baseline row run
+apart, in other processes and earlier, made the app's cost the difference of two noisy
+figures, its noise many times the cost of a call: benchmarks/README.md.) The row's rate
+counts both kinds: the tracked events come at that rate during a tracked block and at
+half of it on average, and every per-event figure below divides by them alone.
+
+* app µs/event, per producer: b = the CPU of its main thread (``time.thread_time_ns``)
+  in its baseline blocks / their events: building and pacing one event. Then
+
+      app = (CPU of the whole process, every thread, from the first paced event to the
+             end of the library's exit flush  -  b × every paced event, both kinds)
+            / tracked events
+
+  summed over the producers. What is left is what the library costs the app: the calls,
+  its threads whenever they run (a peer's upload thread that delivers a tracked block's
+  events during the next baseline block is counted, as it should be) and its exit
+  flush. One thing is not counted: if a library's thread slows the main thread's own
+  building and pacing (caches, the GIL's hand-offs), b grows by as much in both kinds of
+  block and that cost is subtracted with it. mpsender runs no thread in the app, so this
+  can only understate a peer's cost. A row that fell behind (see below) paces less
+  exactly: its baseline blocks run flat out catching up.
+* (1st / 2nd half): the same over the first and the second half of the pairs of blocks
+  (the second takes the odd pair), each with its share of the exit flush: their spread
+  is the row's noise.
+* of which calling thread: the main thread's CPU in tracked blocks less b per tracked
+  event: the part paid in the request's own thread (all of it for mpsender).
+* the ``none`` rows (no tracking, null check) run the same blocks with nothing tracked in
+  either kind: their app figure should be 0, and what it is instead is the method's
+  noise at that rate; their baseline is the cost of building and pacing one event.
 * sender µs/event: CPU of mpsender's sender process (every thread, ns clock) from the
-  start signal until the collector holds every event; 0 for the peers (they have no
-  sender process: their upload threads are in the app column).
+  start signal until the collector holds every event, per tracked event; 0 for the
+  peers (they have no sender process: their upload threads are in the app column).
 * host µs/event = app + sender: what the host pays. The collector (the local stand-in
   for the endpoint, in its own process) is not counted.
 * delivered/tracked: distinct message ids at the collector over events tracked (the
@@ -32,6 +60,9 @@ producer, whichever is fewer events), building a fresh request-like event per ca
   the last partial batch and the clean-up after its clients leave (fixed costs of a row
   that a long-lived worker does not pay per event).
 
+``--json FILE`` keeps every producer's blocks (kind, main thread's CPU, process's CPU, in
+ns) beside the figures computed from them.
+
 mpsender's sender is started by this parent with the row's options as in
 ``bench_compare.py``; a peer makes its client in each producer and flushes at the end.
 A second table shows where the sender's CPU goes per event: its IO thread
@@ -40,7 +71,7 @@ cut batches) and its poster thread (gzip, POST, commit), told apart by creation 
 
 Then the gunicorn benchmark's CPU per request (``bench_gunicorn.run_row``, one round of
 its default 3,000 requests: 4 sync workers, one event per request, flat out; less its
-no-tracking row; CPU in 10 ms ticks, so ±3 µs per request at best), unless
+no-tracking row, run apart; CPU in 10 ms ticks, so ±3 µs per request at best), unless
 ``--no-gunicorn``. Nothing leaves 127.0.0.1.
 """
 
@@ -96,36 +127,40 @@ def thread_cpu(pid: int) -> dict[int, float]:
 SENDER_THREADS = ("io", "uploader", "poster")
 
 
-def run_row(label: str, lib: str, opts: dict[str, Any], rate: float, producers: int, n: int,
+def run_row(label: str, lib: str, opts: dict[str, Any], rate: float, producers: int, block: int, pairs: int,
             workdir: str, settle: float) -> dict[str, Any]:
-    """``producers`` paced producers of ``n`` events each at ``rate / producers`` events/s."""
+    """``producers`` paced producers at ``rate / producers`` events/s each, of ``pairs`` pairs
+    of blocks of ``block`` events (a baseline block, then a tracked one)."""
     collector = CollectorProcess(workdir, "ids", WRITE_KEY)
     sender = Sender(collector.url, opts) if lib == "mpsender" else None
     workers: list[Worker] = []
     try:
         for w in range(producers):
-            spec = {"role": "paced", "lib": lib, "opts": opts, "url": collector.url, "w": w, "n": n,
-                    "rate": rate / producers, "runtime_dir": sender.runtime_dir if sender else None}
+            spec = {"role": "paced", "lib": lib, "opts": opts, "url": collector.url, "w": w,
+                    "block": block, "pairs": pairs, "rate": rate / producers,
+                    "runtime_dir": sender.runtime_dir if sender else None}
             if lib == "mpsender":
                 spec["opts"] = {**opts, "linger": _LINGER}
             workers.append(Worker.start(spec, workdir))
         for wk in workers:
             wk.expect("ready")
-        tracked = producers * n + (producers if lib != "none" else 0)  # + each warm-up event
+        # only the tracked blocks' events are sent (+ each producer's warm-up event)
+        tracked = producers * (pairs * block + 1) if lib != "none" else 0
         collector.target(tracked)
         s_cpu0 = process_cpu(sender.pid) if sender and sender.pid else 0.0
         s_threads0 = thread_cpu(sender.pid) if sender and sender.pid else {}
         for wk in workers:
             wk.go()
-        results = [wk.result(timeout=n / (rate / producers) + 120) for wk in workers]
+        results = [wk.result(timeout=2 * pairs * block / (rate / producers) + 120) for wk in workers]
         # every loop has ended (mpsender's producers exit at once): the sender's steady cost,
         # before the drain and the clean-up after its clients leave
         s_cpu_loop = process_cpu(sender.pid) - s_cpu0 if sender and sender.pid else 0.0
         done = collector.wait(settle if lib != "none" else 0.0)
         requests = collector.stats()["requests"]
-        out: dict[str, Any] = {"requests": requests, "label": label, "lib": lib, "rate": rate, "producers": producers, "n": n,
-                               "tracked": tracked, "delivered": done["distinct"], "stored": done["count"],
-                               "producer_results": results, "stderr_lines": sum(wk.stderr_lines() for wk in workers)}
+        out: dict[str, Any] = {"requests": requests, "label": label, "lib": lib, "rate": rate, "producers": producers,
+                               "block": block, "pairs": pairs, "tracked": tracked, "delivered": done["distinct"],
+                               "stored": done["count"], "producer_results": results,
+                               "stderr_lines": sum(wk.stderr_lines() for wk in workers)}
         if sender is not None and sender.pid:
             out["sender_cpu"] = process_cpu(sender.pid) - s_cpu0
             out["sender_cpu_loop"] = s_cpu_loop
@@ -134,6 +169,7 @@ def run_row(label: str, lib: str, opts: dict[str, Any], rate: float, producers: 
             out["sender_threads"] = {SENDER_THREADS[i] if i < len(SENDER_THREADS) else f"thread-{i}":
                                      after[t] - s_threads0.get(t, 0.0) for i, t in enumerate(tids)}
             out["sender_delivered_at"] = done["done_at"]
+        out["figures"] = per_event(out)
         return out
     finally:
         for wk in workers:
@@ -143,42 +179,79 @@ def run_row(label: str, lib: str, opts: dict[str, Any], rate: float, producers: 
         collector.close()
 
 
+def tracked_events(r: dict[str, Any]) -> int:
+    """Events the producers tracked in their tracked blocks (the warm-ups left out): what
+    every per-event figure divides by."""
+    return int(r["producers"] * r["pairs"] * r["block"])
+
+
+def app_cost(res: list[dict[str, Any]], part: slice, flush: float) -> dict[str, float]:
+    """The library's CPU per tracked event in the producers over the blocks ``part`` (each
+    producer's own: the list of its blocks in order), plus ``flush`` × its exit flush's CPU.
+
+    Each producer: its baseline cost per paced event, b = this thread's CPU in the part's
+    baseline blocks / their events; then (the process's CPU, every thread, over the part
+    - b × every paced event of the part, both kinds) / the part's tracked events. Summed
+    over the producers (each has the same number of events)."""
+    lib_ns = base_ns = base_ev = tracked_ev = calling_ns = 0.0
+    for p in res:
+        blocks = p["blocks"][part]
+        n0 = sum(1 for kind, _, _ in blocks if not kind) * p["block"]
+        n1 = sum(1 for kind, _, _ in blocks if kind) * p["block"]
+        b0 = sum(th for kind, th, _ in blocks if not kind)
+        b1 = sum(th for kind, th, _ in blocks if kind)
+        proc = sum(pr for _, _, pr in blocks) + flush * (p["cpu"] - p["cpu_loop"]) * 1e9
+        if not n0 or not n1:
+            return {"app": float("nan"), "baseline": float("nan"), "calling": float("nan")}
+        b = b0 / n0
+        lib_ns += proc - b * (n0 + n1)
+        calling_ns += b1 - b * n1
+        base_ns, base_ev, tracked_ev = base_ns + b0, base_ev + n0, tracked_ev + n1
+    return {"app": lib_ns / tracked_ev / 1e3, "baseline": base_ns / base_ev / 1e3,
+            "calling": calling_ns / tracked_ev / 1e3}
+
+
 def per_event(r: dict[str, Any]) -> dict[str, float]:
-    """The row's CPU figures in µs per event (tracked events, the warm-ups left out)."""
-    events = r["producers"] * r["n"]
+    """The row's CPU figures in µs per tracked event (the warm-ups left out), the baseline's
+    per paced event."""
+    events = tracked_events(r)
     res = r["producer_results"]
     loop = max(p["t_loop"] - p["t_first"] for p in res)
-    return {"app": sum(p["cpu"] for p in res) / events * 1e6,
-            "app_loop": sum(p["cpu_loop"] for p in res) / events * 1e6,
+    whole = app_cost(res, slice(None), flush=1.0)
+    # the spread: the first and the second half of the pairs (the second has the odd one),
+    # each with its share of the exit flush (which delivers what is left of both), so the
+    # halves differ by noise and not by the flush
+    mid = 2 * (r["pairs"] // 2)
+    share = (r["pairs"] // 2) / r["pairs"]
+    first = app_cost(res, slice(0, mid), flush=share) if mid else {"app": float("nan")}
+    second = app_cost(res, slice(mid, None), flush=1.0 - share) if mid else {"app": float("nan")}
+    loop_only = app_cost(res, slice(None), flush=0.0)
+    return {"app": whole["app"], "app_first_half": first["app"], "app_second_half": second["app"],
+            "app_loop": loop_only["app"], "baseline": whole["baseline"], "calling": whole["calling"],
             "sender": r.get("sender_cpu", 0.0) / events * 1e6,
             "sender_loop": r.get("sender_cpu_loop", 0.0) / events * 1e6,
-            "achieved": events / loop if loop > 0 else float("nan"),
+            "achieved": sum(p["paced"] for p in res) / loop if loop > 0 else float("nan"),
             "late": sum(p["late"] for p in res), "dropped": sum(p["dropped"] for p in res)}
 
 
 def render(rows: list[dict[str, Any]], gunicorn: list[dict[str, Any]] | None, args: argparse.Namespace) -> str:
-    base = {(r["rate"], r["producers"]): per_event(r)["app"] for r in rows if r["lib"] == "none"}
-    lines = ["| rate ev/s | producers | library (setting) | achieved ev/s | app µs/ev (gross) | app µs/ev "
-             "(less baseline) | sender µs/ev (to delivery) | sender µs/ev (loop only) | host µs/ev | × mpsender host "
-             "| delivered / tracked |",
-             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    host_mp: dict[tuple[float, int], float] = {}
-    for r in rows:
-        if r["lib"] == "mpsender":
-            pe = per_event(r)
-            host_mp[(r["rate"], r["producers"])] = pe["app"] - base.get((r["rate"], r["producers"]), float("nan")) + pe["sender"]
+    lines = ["| rate ev/s | producers | library (setting) | achieved ev/s | baseline µs/ev (in process) "
+             "| app µs/ev (1st / 2nd half) | of which calling thread | sender µs/ev (to delivery) "
+             "| sender µs/ev (loop only) | host µs/ev | × mpsender host | delivered / tracked |",
+             "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    host_mp = {(r["rate"], r["producers"]): r["figures"]["app"] + r["figures"]["sender"]
+               for r in rows if r["lib"] == "mpsender"}
     for r in rows:
         key = (r["rate"], r["producers"])
-        pe = per_event(r)
-        net = pe["app"] - base.get(key, float("nan"))
+        pe = r["figures"]
+        app = f"{fmt(pe['app'], '.1f')} ({fmt(pe['app_first_half'], '.1f')} / {fmt(pe['app_second_half'], '.1f')})"
         if r["lib"] == "none":
-            net_s = sender = sender_loop = host = ratio = "-"
-            delivered = "- (baseline: nothing tracked)"
+            sender = sender_loop = host = ratio = "-"
+            delivered = "- (null check: nothing tracked)"
         else:
-            net_s = fmt(net, ".1f")
             sender = fmt(pe["sender"], ".1f") if r["lib"] == "mpsender" else "0"
             sender_loop = fmt(pe["sender_loop"], ".1f") if r["lib"] == "mpsender" else "0"
-            host_v = net + pe["sender"]
+            host_v = pe["app"] + pe["sender"]
             host = fmt(host_v, ".1f")
             mp = host_mp.get(key)
             ratio = fmt(host_v / mp, ".1f") + "×" if mp and mp > 0 else "-"
@@ -189,13 +262,17 @@ def render(rows: list[dict[str, Any]], gunicorn: list[dict[str, Any]] | None, ar
             if pe["dropped"]:
                 delivered += f" ({pe['dropped']:,} dropped in app)"
         achieved = fmt(pe["achieved"], ",.0f") + (" (behind)" if pe["achieved"] < 0.95 * r["rate"] else "")
-        lines.append(f"| {r['rate']:,.0f} | {r['producers']} | {r['label']} | {achieved} | {pe['app']:.1f} | {net_s} "
-                     f"| {sender} | {sender_loop} | {host} | {ratio} | {delivered} |")
+        lines.append(f"| {r['rate']:,.0f} | {r['producers']} | {r['label']} | {achieved} | {fmt(pe['baseline'], '.1f')} "
+                     f"| {app} | {fmt(pe['calling'], '.1f')} | {sender} | {sender_loop} | {host} | {ratio} "
+                     f"| {delivered} |")
     if gunicorn:
         for g in gunicorn:
+            # bench_gunicorn's own method: a separate no-tracking row, its µs per request in
+            # the baseline column; a library's row less it in the app column
+            base = fmt(g["app_us"], ".1f") if g["net_us"] is None else "-"
             g_sender = "-" if g["net_us"] is None else "0"  # the baseline: no library; a peer: no sender
             lines.append(f"| flat out ({g['rps']:,.0f} req/s) | {args.gunicorn_workers} gunicorn workers "
-                         f"| {g['label']} | - | {fmt(g['app_us'], '.1f')} | {fmt(g['net_us'], '.1f')} "
+                         f"| {g['label']} | - | {base} | {fmt(g['net_us'], '.1f')} | - "
                          f"| {fmt(g['sender_us'], '.1f') if g['sender_us'] is not None else g_sender} | - "
                          f"| {fmt(g['host_us'], '.1f')} | - | {delivered_text(g['delivered'], g['total'])} |")
     return "\n".join(lines)
@@ -214,7 +291,7 @@ def render_threads(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         if "sender_threads" not in r:
             continue
-        events = r["producers"] * r["n"]
+        events = tracked_events(r)
         th = r["sender_threads"]
         cells = " | ".join(fmt(th.get(k, float("nan")) / events * 1e6, ".2f") for k in SENDER_THREADS)
         req = r["requests"]
@@ -256,12 +333,26 @@ def gunicorn_rows(args: argparse.Namespace, workdir: str) -> list[dict[str, Any]
     return out
 
 
+def blocks_of(rate: float, seconds: float, block_s: float, max_events: int) -> tuple[int, int]:
+    """(events per block, pairs of blocks) for one producer at ``rate`` events/s: about
+    ``block_s`` per block, at least two pairs when there are events enough (the halves),
+    ``seconds`` in all (rounded down to whole pairs, at least one)."""
+    paced = max(2, round(seconds * rate))
+    if max_events:
+        paced = max(2, min(paced, max_events))
+    block = max(1, min(round(block_s * rate), paced // 4))
+    return block, max(1, paced // (2 * block))
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rates", default="100,1000,10000", help="total events/s, comma-separated")
     ap.add_argument("--producers", default="1,4", help="producer processes, comma-separated")
-    ap.add_argument("--seconds", type=float, default=4.0, help="paced seconds per row")
-    ap.add_argument("--max-events", type=int, default=0, help="cap on events per producer (0: none)")
+    ap.add_argument("--seconds", type=float, default=4.0,
+                    help="paced seconds per row, baseline and tracked blocks together")
+    ap.add_argument("--block", type=float, default=0.25, help="seconds per block (rounded to whole events)")
+    ap.add_argument("--max-events", type=int, default=0,
+                    help="cap on paced events per producer, both kinds (0: none)")
     ap.add_argument("--settle", type=float, default=15.0, help="seconds to wait for delivery after the loop")
     ap.add_argument("--only", default="", help="comma-separated substrings of library labels")
     ap.add_argument("--no-gunicorn", dest="gunicorn", action="store_false")
@@ -287,13 +378,12 @@ def main() -> int:
     try:
         for rate in rates:
             for producers in counts:
-                n = max(1, round(args.seconds * rate / producers))
-                if args.max_events:
-                    n = min(n, args.max_events)
-                for label, lib, opts in [("no tracking (baseline)", "none", {}), *libs]:
-                    row = run_row(label, lib, opts, rate, producers, n, workdir, args.settle)
+                block, pairs = blocks_of(rate / producers, args.seconds, args.block, args.max_events)
+                for label, lib, opts in [("no tracking (null check)", "none", {}), *libs]:
+                    row = run_row(label, lib, opts, rate, producers, block, pairs, workdir, args.settle)
                     rows.append(row)
-                    print(f"  {rate:,.0f}/s × {producers}: {label}: {row['delivered']}/{row['tracked']} "
+                    print(f"  {rate:,.0f}/s × {producers}: {label}: {row['delivered']}/{row['tracked']}, "
+                          f"app {fmt(row['figures']['app'], '.1f')} µs/ev, "
                           f"at {time.monotonic() - started:.0f} s, load {os.getloadavg()[0]:.1f}",
                           file=sys.stderr, flush=True)
         if args.gunicorn:
@@ -303,8 +393,10 @@ def main() -> int:
     print()
     print(f"`{command_line()}`")
     print()
-    print(f"Paced: {args.seconds:g} s per row (fewer with --max-events), fresh ~650 B events of 20 keys; "
-          "CPU in µs per event; app less the no-tracking baseline of the same rate and producers; "
+    print(f"Paced: {args.seconds:g} s per row (fewer with --max-events), fresh ~650 B events of 20 keys, in "
+          f"~{args.block:g} s blocks alternating between a baseline (built, not tracked) and tracked, in each "
+          "producer; CPU in µs per tracked event; app: the producers' CPU (every thread, to the end of the "
+          "exit flush) less their baseline blocks' CPU per event × every paced event; "
           "host = app + sender (the collector not counted).")
     print()
     print(render(rows, gunicorn, args))
