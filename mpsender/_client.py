@@ -480,7 +480,7 @@ class Client:
         if self._json_properties and sink.json_properties_ready:  # type: ignore[union-attr]
             payload = pack_json_properties(rec, now)
             if payload is not None:
-                return payload, len(payload), "packed, its properties as JSON"
+                return payload, len(payload), "packed"
         try:
             payload = pack(rec)
         except (TypeError, ValueError, OverflowError) as exc:

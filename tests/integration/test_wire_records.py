@@ -155,15 +155,3 @@ def test_json_properties_arrive_as_the_packed_ones_would(client_factory, collect
     events = {e["properties"].get("i"): e for e in collector.events() if e["event"] == "E"}
     assert events[0]["properties"] == {"session_id": "s-1", "i": 0, "when": "2026-01-02"}
     assert events[1]["properties"] == {"session_id": "s-1", "i": 1, "raw": "bytes"}
-
-
-def test_an_event_over_max_message_bytes_with_json_properties_is_refused_at_the_call(client_factory) -> None:
-    import mpsender
-
-    client = client_factory(max_message_bytes=1_000)
-    assert client.start(wait=10)
-    client.track("E", user_id="u", properties={"blob": "x" * 900})
-    with pytest.raises(mpsender.EventTooLargeError,
-                       match=r"event is \d+ bytes packed, its properties as JSON, over the limit of 1000"):
-        client.track("E", user_id="u", properties={"blob": "x" * 990})
-    assert client.stats().process.rejected == 1
