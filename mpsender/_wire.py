@@ -235,10 +235,6 @@ def _require(record: Mapping[str, Any], key: str) -> Any:
 
 # -- Segment ---------------------------------------------------------------------
 
-#: the keys of a track record that :meth:`SegmentEncoder._plain_track` joins (``s`` is in the
-#: properties already when they are JSON; ``w`` is not sent)
-_PLAIN_TRACK_KEYS: Final = frozenset({"t", "e", "p", "u", "a", "m", "ts", "s", "w"})
-
 #: call types without properties: Segment's carry the session id in their context
 _NO_PROPERTIES: Final = frozenset({"identify", "group", "alias"})
 
@@ -267,7 +263,7 @@ class SegmentEncoder:
     when absent, as Segment's own libraries send them.
     """
 
-    __slots__ = ("_headers", "_library", "_library_context", "_library_context_json", "path")
+    __slots__ = ("_headers", "_library", "_library_context", "path")
 
     name: str = "segment"
     default_path: str = "/v1/batch"
@@ -284,7 +280,6 @@ class SegmentEncoder:
         self.path = _check_path(self.default_path if path is None else path)
         self._library = {"name": library_name, "version": library_version}
         self._library_context = {"library": self._library}  # shared by events without a context
-        self._library_context_json = _to_json_bytes(self._library_context)
         self._headers = _merge_headers(self._auth_headers(write_key), headers)
 
     def _auth_headers(self, write_key: str) -> dict[str, str]:
@@ -355,10 +350,6 @@ class SegmentEncoder:
     def encode(self, record: dict[str, Any]) -> bytes:
         """One internal record -> one Segment message as JSON bytes. Properties that
         ``track()`` wrote as JSON (``_events.JsonText``) go into it as they are."""
-        if record.get("p").__class__ is JsonText and _orjson_dumps is not None:
-            joined = self._plain_track(record)
-            if joined is not None:
-                return joined
         event = self.event(record)
         props = event.get("properties")
         if props.__class__ is JsonText and _Fragment is not None:
@@ -368,30 +359,6 @@ class SegmentEncoder:
             except TypeError:
                 event["properties"] = props  # another field orjson refuses: the slow path below
         return _to_json_bytes(event)
-
-    def _plain_track(self, record: dict[str, Any]) -> bytes | None:
-        """The sender's most common event, joined from its parts without building the
-        event's dict (the same bytes as :meth:`event` and orjson): a track with its
-        properties as JSON, and no context or integrations of its own. None for anything
-        else, left to :meth:`event`."""
-        if record.get("t") != "track" or not record.keys() <= _PLAIN_TRACK_KEYS:
-            return None
-        m, ts, u, a, e = record.get("m"), record.get("ts"), record.get("u"), record.get("a"), record.get("e")
-        if m is None or ts is None or e is None or (u is None and a is None):
-            return None
-        dumps: Callable[[Any], bytes] = _orjson_dumps  # type: ignore[assignment]
-        try:
-            parts = [b'{"type":"track","messageId":', dumps(m if type(m) is str else format_message_id(m)),
-                     b',"timestamp":', dumps(ts if type(ts) is str else format_timestamp(ts))]
-            if u is not None:
-                parts += (b',"userId":', dumps(u))
-            if a is not None:
-                parts += (b',"anonymousId":', dumps(a))
-            parts += (b',"context":', self._library_context_json, b',"event":', dumps(e),
-                      b',"properties":', record["p"].data, b"}")
-        except (TypeError, ValueError, OverflowError):
-            return None  # event() decides, and says what is wrong
-        return b"".join(parts)
 
     def request_parts(self, parts: list[bytes], *, sent_at: float) -> WireRequest:
         """``{"batch": [...], "sentAt": ...}`` from events encoded by :meth:`encode`."""

@@ -62,9 +62,6 @@ RECORDS = [
     _rec(p={"session_id": "mine"}, s="session-1"),
     _rec(ts=NOW - 86400 * 365 * 5, w=NOW),
     _rec(m="my-own-id", a="anon-1", u=None),
-    _rec(p={"x": "y"}, a="anon-2"),  # both ids
-    _rec(p={"x": "y"}, ts="2026-01-02T03:04:05.000Z"),  # a time as text: files of early versions
-    _rec(p={"x": "y"}, e='quote " and \\ and \u00e9'),  # a name JSON escapes
     {"t": "identify", "u": "u1", "m": _ids.next(), "ts": NOW, "tr": {"plan": "pro"}, "s": "s2"},
     {"t": "group", "u": "u1", "m": _ids.next(), "ts": NOW, "g": "acme", "tr": {"size": 3}},
     {"t": "alias", "u": "u1", "m": _ids.next(), "ts": NOW, "pv": "old"},
