@@ -59,13 +59,11 @@ from mpsender._options import Options
 from mpsender._sender.__main__ import SWITCH_INTERVAL, _collect_garbage_less_often
 from mpsender._sender._spool import Counters, Spool
 from mpsender._sender._uploader import Uploader
-from mpsender._wire_records import pack_json_properties
 
 
 class _Response:
     status_code = 200
     text = '{"success":true}'
-    content = b'{"success":true}'
     headers: ClassVar[dict[str, str]] = {}
 
 
@@ -85,16 +83,9 @@ class _StubHTTP:
         pass
 
 
-def _payload(rec: dict[str, Any], packed: bool) -> bytes:
-    """The record as track() writes it to a sender of this version: its properties as JSON
-    when orjson is installed (``_wire_records.pack_json_properties``), else packed whole."""
-    return (None if packed else pack_json_properties(rec, rec["ts"])) or pack(rec)
-
-
-def fill_spool(spool_dir: str, events: int, files: int, props: dict[str, Any] | None, packed: bool = False) -> int:
+def fill_spool(spool_dir: str, events: int, files: int, props: dict[str, Any] | None) -> int:
     """Write ``events`` frames as track() would, round-robin over ``files`` files;
-    ``props`` None: a fresh request-like event each (``_common.realistic_properties``);
-    ``packed``: records packed whole, as track() wrote them before JSON properties."""
+    ``props`` None: a fresh request-like event each (``_common.realistic_properties``)."""
     prefix = os.urandom(8)
     seq = itertools.count(0x8000_0000_0000_0000)
     fds = [os.open(os.path.join(spool_dir, f"{1000 + i}-bench-{i}.wal"),
@@ -108,7 +99,7 @@ def fill_spool(spool_dir: str, events: int, files: int, props: dict[str, Any] | 
         if props is None:
             rec = {"t": "track", "e": EVENT, "p": realistic_properties(i % files, i), "u": realistic_user_id(i % files, i),
                    "m": prefix + next(seq).to_bytes(8, "big"), "ts": now + i * 1e-4}
-            data = frame(_payload(rec, packed))
+            data = frame(pack(rec))
             size += len(data)
             chunks[i % files].append(data)
             continue
@@ -116,7 +107,7 @@ def fill_spool(spool_dir: str, events: int, files: int, props: dict[str, Any] | 
              "items": rng.randrange(1, 9)}
         rec = {"t": "track", "e": EVENT, "p": p, "u": f"user-{rng.randrange(5000):04d}",
                "m": prefix + next(seq).to_bytes(8, "big"), "ts": now + i * 1e-4}
-        data = frame(_payload(rec, packed))
+        data = frame(pack(rec))
         size += len(data)
         chunks[i % files].append(data)
     for fd, parts in zip(fds, chunks, strict=True):
@@ -129,7 +120,7 @@ def run(args: argparse.Namespace, url: str | None) -> dict[str, Any]:
     tmp = tempfile.mkdtemp(prefix="mpb-spool-", dir="/tmp")
     try:
         props = None if args.realistic else padded_properties(args.size) if args.size else PROPERTIES
-        spool_bytes = fill_spool(tmp, args.events, args.files, props, args.packed)
+        spool_bytes = fill_spool(tmp, args.events, args.files, props)
         opts = Options(write_key=WRITE_KEY, endpoint=url or "http://127.0.0.1:9",
                        batch_size=args.batch_size, flush_interval=0.001, gzip=not args.no_gzip)
         counters = Counters()
@@ -213,8 +204,6 @@ def main() -> int:
                     help="a fresh request-like event per record (20 keys, nested, as bench_paced.py)")
     ap.add_argument("--size", type=int, default=0, help="pad the record to about this many bytes")
     ap.add_argument("--no-gzip", action="store_true")
-    ap.add_argument("--packed", action="store_true",
-                    help="records packed whole (the properties not as JSON), as without orjson or before")
     ap.add_argument("--http", action="store_true", help="post to a real local collector")
     ap.add_argument("--threads", action="store_true",
                     help="the uploader's own two threads, as in the sender (CPU per thread shown)")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import datetime as _dt
 import enum
 import itertools
-import json
 import math
 import os
 import re
@@ -25,8 +24,8 @@ import msgpack
 
 from ._exceptions import EventTypeError, InvalidEventError, UnserializableError
 
-__all__ = ["FIELD_NAMES", "PROPERTIES_EXT", "JsonText", "MessageIds", "convert", "explain_unpackable", "pack",
-           "to_timestamp", "unpack", "written_at"]
+__all__ = ["FIELD_NAMES", "MessageIds", "convert", "explain_unpackable", "pack", "to_timestamp", "unpack",
+           "written_at"]
 
 #: long names of the record's short keys, for error messages
 FIELD_NAMES = {"p": "properties", "tr": "traits", "c": "context", "i": "integrations"}
@@ -229,7 +228,7 @@ def explain_unpackable(record: Mapping[str, Any], exc: Exception) -> Exception:
 _local = threading.local()
 
 _fast_packb: Callable[..., bytes] | None
-_fast_unpackb: Callable[..., Any] | None
+_fast_unpackb: Callable[[bytes], Any] | None
 _FAST_OPTIONS: int
 try:  # optional (the ``fast`` extra): the same bytes as msgpack, in less time
     import ormsgpack  # type: ignore[import-not-found,unused-ignore]
@@ -287,39 +286,7 @@ def _pack_msgpack(record: dict[str, Any]) -> bytes:
     return data
 
 
-#: msgpack extension type of a record's properties written as JSON by ``track()``
-#: (``_wire_records.pack_json_properties``): the UTF-8 JSON of the properties object
-PROPERTIES_EXT = 1
-
-
-class JsonText:
-    """The properties of a record as the JSON ``track()`` wrote (``PROPERTIES_EXT``), kept
-    as bytes by :func:`unpack` with ``json_text=True``: the Segment encoder puts them into
-    the event as they are, without decoding and encoding them again. (Not a subclass of
-    bytes: orjson embeds only bytes themselves.)"""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __repr__(self) -> str:
-        return f"JsonText({self.data!r})"
-
-
-def _ext_json_text(code: int, data: bytes) -> Any:
-    if code != PROPERTIES_EXT:
-        raise ValueError(f"unknown msgpack extension type {code} in a record")
-    return JsonText(data)
-
-
-def _ext_decoded(code: int, data: bytes) -> Any:
-    if code != PROPERTIES_EXT:
-        raise ValueError(f"unknown msgpack extension type {code} in a record")
-    return json.loads(data)
-
-
-def unpack(payload: bytes, *, json_text: bool = False) -> Any:
+def unpack(payload: bytes) -> Any:
     """A record as the sender reads it (and ``mpsender.testing``, and ``spool show``).
 
     ormsgpack when installed (faster than msgpack: benchmarks/README.md); msgpack for
@@ -327,20 +294,16 @@ def unpack(payload: bytes, *, json_text: bool = False) -> Any:
     a map key stays hashable, and then map keys made the strings the wire sends (as
     ``track()`` makes them when ormsgpack is installed). Raises ``ValueError`` (or a
     subclass) on a malformed record, or one with two keys that become one string.
-
-    Properties written as JSON (``PROPERTIES_EXT``) come back decoded, or with
-    ``json_text`` as :class:`JsonText`, for an encoder that embeds them as they are.
     """
-    hook = _ext_json_text if json_text else _ext_decoded
     if _fast_unpackb is not None:
         try:
-            return _fast_unpackb(payload, ext_hook=hook)
+            return _fast_unpackb(payload)
         except Exception:  # noqa: BLE001 - msgpack below decides
             pass
     try:
-        return msgpack.unpackb(payload, raw=False, use_list=False, ext_hook=hook)  # str (or bytes) keys only
+        return msgpack.unpackb(payload, raw=False, use_list=False)  # str (or bytes) keys only
     except ValueError:  # another key (or a malformed record: raised again below)
-        record = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=False, ext_hook=hook)
+        record = msgpack.unpackb(payload, raw=False, strict_map_key=False, use_list=False)
     if not isinstance(record, dict):
         return record
     try:  # written without ormsgpack, or by an earlier version: keys made strings here

@@ -86,13 +86,6 @@ class SenderSink:
         link = self._link
         return link.sock is not None and link.sock is link.wire_sock
 
-    @property
-    def json_properties_ready(self) -> bool:
-        """Connected to a sender that reads packed records whose properties are JSON
-        (_wire_records.pack_json_properties)."""
-        link = self._link
-        return link.sock is not None and link.sock is link.json_properties_sock
-
     def _announce(self) -> None:
         self._link.hello()
 

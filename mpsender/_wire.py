@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from ._events import JsonText, json_key
+from ._events import json_key
 from ._options import FORMATS
 
 _json_fast = json.JSONEncoder(
@@ -140,14 +140,12 @@ def format_message_id(m: bytes | str) -> str:
 
 
 _orjson_dumps: Callable[..., bytes] | None
-_Fragment: Callable[[bytes], Any] | None
 try:  # optional (an extra): several times faster than the json module (benchmarks/README.md)
     import orjson  # type: ignore[import-not-found,unused-ignore]
 
     _orjson_dumps = orjson.dumps
-    _Fragment = orjson.Fragment  # JSON written already, embedded as it is
-except (ImportError, AttributeError):  # pragma: no cover - exercised where orjson is not installed
-    _orjson_dumps = _Fragment = None
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    _orjson_dumps = None
 
 
 #: deflate level of request bodies: the fastest, and JSON batches still compress well
@@ -195,8 +193,6 @@ def _to_json_bytes(obj: Any) -> bytes:
 
 def _sanitize(value: Any) -> Any:
     """A copy of ``value`` that strict JSON can hold (the slow path)."""
-    if isinstance(value, JsonText):  # properties track() wrote as JSON: JSON already
-        return json.loads(value.data)
     if isinstance(value, dict):
         return {json_key(k): _sanitize(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -244,7 +240,7 @@ def _with_session(record: Mapping[str, Any]) -> Any:
     (a ``session_id`` property of the caller's own wins)."""
     p = record.get("p") or {}
     s = record.get("s")
-    if s is None or p.__class__ is JsonText or "session_id" in p:  # (JsonText: track() merged it)
+    if s is None or "session_id" in p:
         return p
     return {"session_id": s, **p}
 
@@ -348,17 +344,8 @@ class SegmentEncoder:
         return WireRequest(self.path, dict(self._headers), body)
 
     def encode(self, record: dict[str, Any]) -> bytes:
-        """One internal record -> one Segment message as JSON bytes. Properties that
-        ``track()`` wrote as JSON (``_events.JsonText``) go into it as they are."""
-        event = self.event(record)
-        props = event.get("properties")
-        if props.__class__ is JsonText and _Fragment is not None:
-            event["properties"] = _Fragment(props.data)
-            try:
-                return _orjson_dumps(event)  # type: ignore[misc]
-            except TypeError:
-                event["properties"] = props  # another field orjson refuses: the slow path below
-        return _to_json_bytes(event)
+        """One internal record -> one Segment message as JSON bytes."""
+        return _to_json_bytes(self.event(record))
 
     def request_parts(self, parts: list[bytes], *, sent_at: float) -> WireRequest:
         """``{"batch": [...], "sentAt": ...}`` from events encoded by :meth:`encode`."""

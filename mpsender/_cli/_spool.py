@@ -161,13 +161,9 @@ def run_show(args: argparse.Namespace) -> int:
 def _show_one(out: Any, w: WalInfo, offset: int, payload: bytes, delivered: bool, encoder: Any,
               *, as_json: bool, mark: bool) -> None:
     try:
-        wire = read_record(payload) if is_wire(payload) else None  # (_wire_records)
-        if wire is not None and wire[1] is not None:  # written as the Segment event itself
-            event = json.loads(wire[2])
+        if is_wire(payload):  # written as the Segment event itself (_wire_records)
+            event = json.loads(read_record(payload)[2])
             rec = _record_view(event)
-        elif wire is not None:  # packed, its properties as JSON
-            rec = decode(wire[2])
-            event = encoder.event(rec)
         else:
             rec = decode(payload)
             event = encoder.event(rec)

@@ -343,9 +343,8 @@ class Uploader(threading.Thread):
         now = time.time()
         too_old = now - opts.max_event_age if opts.max_event_age is not None else None
         encode = self.encoder.encode
-        # wire records (and packed ones with JSON properties) are the Segment format's; another
-        # format's sender (it cannot meet one: the format is part of the destination)
-        # dead-letters them as undecodable
+        # wire records are the Segment format's events; another format's sender (it cannot
+        # meet one: the format is part of the destination) dead-letters them as undecodable
         wire_ok = isinstance(self.encoder, SegmentEncoder)
         received = queued = queued_bytes = 0
         for e in entries:
@@ -354,12 +353,9 @@ class Uploader(threading.Thread):
                 continue  # a corrupt region, skipped
             received += 1
             try:
-                if payload[0] == WIRE_MARK and wire_ok:
-                    e.ts, mid, body = read_record(payload)
-                    if mid is None:  # packed, its properties as JSON: they stay JSON
-                        rec = unpack(body, json_text=True)
-                    else:  # written as the wire's JSON: nothing to decode
-                        e.mid, wire, rec = mid, body, None
+                if payload[0] == WIRE_MARK and wire_ok:  # written as the wire's JSON: nothing to decode
+                    e.ts, e.mid, wire = read_record(payload)
+                    rec = None
                 else:
                     rec = unpack(payload)
                     e.ts = written_at(rec, now)

@@ -1,6 +1,5 @@
-"""Records written as the wire's JSON, and packed records with their properties as JSON
-(issue 15): byte for byte what the sender would have made of the packed record, or None
-where the packed path must decide."""
+"""Records written as the wire's JSON (issue 15): byte for byte what the sender would have
+made of the packed record, or None where the packed path must decide."""
 
 from __future__ import annotations
 
@@ -8,25 +7,15 @@ import datetime as dt
 import decimal
 import enum
 import math
-import struct
 import uuid
 from typing import Any
 
 import pytest
 
-from mpsender._events import JsonText, MessageIds, pack, unpack
+from mpsender._events import MessageIds, pack, unpack
 from mpsender._options import Options
 from mpsender._wire import SegmentEncoder, get_encoder
-from mpsender._wire_records import (
-    encode_record,
-    is_wire,
-    json_properties_ready,
-    json_size,
-    pack_json_properties,
-    read_record,
-    record_kind,
-    wire_encoder,
-)
+from mpsender._wire_records import encode_record, is_wire, json_size, read_record, wire_encoder
 
 pytest.importorskip("orjson")
 
@@ -121,107 +110,3 @@ def test_a_torn_record_is_a_value_error() -> None:
 def test_only_the_segment_shaped_formats_write_wire_records(fmt: str, wire: bool) -> None:
     options = Options(write_key="k", endpoint="http://127.0.0.1:9", format=fmt)
     assert (wire_encoder(options) is not None) is wire
-
-
-# -- packed records with their properties as JSON (the default, _wire_records.pack_json_properties)
-
-def _expected(encoder: SegmentEncoder, record: dict[str, Any]) -> bytes:
-    return encoder.encode(unpack(pack(dict(record))))
-
-
-@pytest.mark.parametrize("fmt", ["segment", "json"])
-@pytest.mark.parametrize("record", [_clean(r) for r in RECORDS], ids=range(len(RECORDS)))
-def test_json_properties_give_the_bytes_of_the_packed_record(fmt: str, record: dict[str, Any]) -> None:
-    encoder = get_encoder(fmt, write_key="", library_name="mpsender", library_version="1")
-    assert isinstance(encoder, SegmentEncoder)
-    given = dict(record)
-    payload = pack_json_properties(given, NOW)
-    assert given == record  # the caller's record is left as it was
-    if not record.get("p"):
-        assert payload is None  # nothing to gain: packed as usual
-        return
-    assert payload is not None and record_kind(payload) == "json-properties"
-    written_at, mid, packed = read_record(payload)
-    assert (written_at, mid) == (NOW, None)
-    as_text = unpack(packed, json_text=True)
-    assert isinstance(as_text["p"], JsonText)
-    assert encoder.encode(as_text) == _expected(encoder, record)
-    # a reader that wants values (spool show, mpsender.testing, a sender without orjson)
-    # gets the properties decoded, the session's id merged in as the encoder merges it
-    decoded = unpack(packed)
-    assert isinstance(decoded["p"], dict)
-    assert encoder.encode(decoded) == _expected(encoder, record)
-
-
-@pytest.mark.parametrize("props", [
-    {"raw": b"bytes"},
-    {1: "int key"},
-    {"huge": 2**64},
-    {"bad": "\ud800"},
-    {"obj": object()},
-])
-def test_properties_orjson_refuses_are_packed_as_usual(props: dict[Any, Any]) -> None:
-    record = _rec(p=props)
-    assert pack_json_properties(record, NOW) is None
-    assert record["p"] is props
-
-
-def test_a_record_msgpack_refuses_elsewhere_is_left_to_the_packed_path() -> None:
-    """A context with an int key: ormsgpack refuses it, and the packed path, which makes
-    such keys strings, decides."""
-    record = _rec(p={"a": 1}, c={1: "one"})
-    assert pack_json_properties(record, NOW) is None
-    encoder = get_encoder("segment", write_key="", library_name="mpsender", library_version="1")
-    assert b'"context":{"1":"one"' in encoder.encode(unpack(pack(record)))
-
-
-def test_another_field_orjson_refuses_takes_the_slow_path_with_the_same_bytes() -> None:
-    """bytes in the context are packed as they are and sent as text by the json module's
-    path; the properties written as JSON go through it too."""
-    encoder = get_encoder("segment", write_key="", library_name="mpsender", library_version="1")
-    assert isinstance(encoder, SegmentEncoder)
-    record = _rec(p={"a": [1, 2], "b": "é"}, c={"raw": b"bytes"})
-    payload = pack_json_properties(dict(record), NOW)
-    assert payload is not None
-    assert encoder.encode(unpack(read_record(payload)[2], json_text=True)) == _expected(encoder, record)
-
-
-def test_an_unknown_extension_type_is_a_value_error() -> None:
-    import msgpack
-
-    payload = msgpack.packb({"t": "track", "p": msgpack.ExtType(9, b"{}")})
-    for json_text in (False, True):
-        with pytest.raises(ValueError, match="extension type 9"):
-            unpack(payload, json_text=json_text)
-
-
-@pytest.mark.parametrize(("fmt", "ready"), [("segment", True), ("json", True), ("posthog", False), ("otlp", False),
-                                            ("otlp-proto", False)])
-def test_only_the_segment_shaped_formats_write_json_properties(fmt: str, ready: bool) -> None:
-    """PostHog's and OTLP's events are built from the properties' values in the sender."""
-    options = Options(write_key="k", endpoint="http://127.0.0.1:9", format=fmt)
-    assert json_properties_ready(options) is ready
-
-
-def _read_record_of_the_version_before(payload: bytes) -> tuple[float, str, bytes]:
-    """What a sender that reads wire records but not JSON properties did with a record
-    starting 0xC1 (mpsender/_wire_records.py before JSON properties), for the test below."""
-    try:
-        mark, written_at, n = struct.unpack_from("<BdH", payload)
-    except struct.error as exc:
-        raise ValueError(str(exc)) from None
-    start = 11 + n
-    if mark != 0xC1 or len(payload) <= start:
-        raise ValueError("not a whole wire record")
-    return written_at, payload[11:start].decode(), payload[start:]
-
-
-@pytest.mark.parametrize("blob", [10, 70_000])  # under and over the u16 tag's 65,535 bytes
-def test_a_sender_of_the_version_before_refuses_json_properties(blob: int) -> None:
-    """Only a sender that lists "json-properties" is sent these; if one that does not meets
-    one all the same (it took over the spool of a newer sender that was killed), it
-    dead-letters it as undecodable, counted, rather than sending the extension's bytes."""
-    payload = pack_json_properties(_rec(p={"blob": "x" * blob, "n": 1}), NOW)
-    assert payload is not None
-    with pytest.raises(ValueError):
-        _read_record_of_the_version_before(payload)
