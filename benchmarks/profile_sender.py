@@ -64,6 +64,7 @@ from mpsender._sender._uploader import Uploader
 class _Response:
     status_code = 200
     text = '{"success":true}'
+    content = b'{"success":true}'  # the uploader reads it for OTLP's partial success
     headers: ClassVar[dict[str, str]] = {}
 
 
