@@ -1,6 +1,6 @@
 """Where the sender's CPU per event goes, stage by stage (issue 15, point 4).
 
-    .venv/bin/python benchmarks/cost_split.py [--packed | --wire] [--events-per-request 560] [--rounds 5]
+    .venv/bin/python benchmarks/cost_split.py [--events-per-request 560] [--rounds 5]
 
 Each stage of the sender's hot path is run on its own, in this process, on the paced
 benchmark's request-like events (``_common.realistic_properties``: 20 keys, nested, ~650 B
@@ -8,15 +8,12 @@ as JSON), one request's worth at a time, keeping what the sender keeps (the wire
 batch until it is sent), so glibc's heap behaves as in the sender:
 
 * read: ``_framing.scan`` of the frames as the spool holds them (length, CRC-32, slicing);
-* decode: for a packed record with its properties as JSON (what ``track()`` writes by
-  default for the Segment format with orjson installed, ``_wire_records.pack_json_properties``),
-  its header and ``_events.unpack`` of the rest, the properties left as JSON; for a record
-  packed whole (``--packed``: without orjson, another format, or before), ``_events.unpack``;
-  for a wire record (``--wire``: ``wire_records=True``), reading its header and slicing out
-  the JSON;
-* encode: ``SegmentEncoder.encode`` (the Segment event, its id and time, orjson; properties
-  written as JSON go in as they are); nothing for a wire record (``track()`` made the JSON).
-  What ``track()`` paid to write the record, ``app encode``, is shown apart;
+* decode: for a wire record (what ``track()`` writes for the Segment format with orjson
+  installed, ``_wire_records``), reading its header and slicing out the JSON; for a packed
+  record (``--packed``: without orjson, or another format), ``_events.unpack``;
+* encode: nothing for a wire record (``track()`` made the JSON: its cost, ``app encode``, is
+  shown apart, paid in the application); for a packed record ``SegmentEncoder.encode`` (the
+  Segment event dict, its id and time, orjson);
 * gzip: joining a request's events into the body and deflating it;
 * HTTP: one POST of that body to a local collector process (httpx, the sender's client
   settings), the posting thread's CPU, spread over the request's events.
@@ -53,7 +50,7 @@ from mpsender._events import MessageIds, pack, unpack
 from mpsender._framing import frame, scan
 from mpsender._version import __version__
 from mpsender._wire import get_encoder, gzip_compress
-from mpsender._wire_records import encode_record, pack_json_properties, read_record
+from mpsender._wire_records import encode_record, read_record
 
 _ENCODER = get_encoder("segment", write_key="k", library_name="mpsender", library_version=__version__)
 
@@ -78,37 +75,19 @@ def _cpu(fn: Callable[[], object]) -> float:
     return (time.thread_time_ns() - t0) / 1000
 
 
-def _json_properties(rec: dict[str, Any]) -> bytes:
-    payload = pack_json_properties(rec, rec["ts"])
-    assert payload is not None
-    return payload
-
-
-#: how track() writes a record, by mode
-_WRITERS: dict[str, Callable[[dict[str, Any]], bytes]] = {"packed": pack, "json-properties": _json_properties,
-                                                          "wire": _wire}
-
-
-def _round(enc: Any, client: httpx.Client, url: httpx.URL, n: int, offset: int, mode: str) -> dict[str, float]:
+def _round(enc: Any, client: httpx.Client, url: httpx.URL, n: int, offset: int, packed: bool) -> dict[str, float]:
     """CPU µs of each stage for one request's worth of ``n`` events."""
     recs = _records(n, offset)
     payloads: list[bytes] = []
-    write = _WRITERS[mode]
-    app = _cpu(lambda: payloads.extend(write(r) for r in recs))
+    app = _cpu(lambda: payloads.extend(pack(r) if packed else _wire(r) for r in recs))
     spool = b"".join(frame(p) for p in payloads)
     found: list[tuple[int, bytes]] = []
     records: list[Any] = []
     wires: list[bytes] = []
-    if mode == "packed":
+    if packed:
         times = {
             "read": _cpu(lambda: found.extend(scan(spool, final=True).payloads)),
             "decode": _cpu(lambda: records.extend(unpack(p) for _, p in found)),
-            "encode": _cpu(lambda: wires.extend(enc.encode(rec) for rec in records)),
-        }
-    elif mode == "json-properties":
-        times = {
-            "read": _cpu(lambda: found.extend(scan(spool, final=True).payloads)),
-            "decode": _cpu(lambda: records.extend(unpack(read_record(p)[2], json_text=True) for _, p in found)),
             "encode": _cpu(lambda: wires.extend(enc.encode(rec) for rec in records)),
         }
     else:
@@ -139,13 +118,9 @@ def main() -> int:
     ap.add_argument("--events-per-request", type=int, default=560,
                     help="events per request (bench_paced.py's rows: ~550 at the default limits)")
     ap.add_argument("--rounds", type=int, default=7)
-    how = ap.add_mutually_exclusive_group()
-    how.add_argument("--packed", dest="mode", action="store_const", const="packed",
-                     help="records packed whole (the sender decodes and encodes all), as without orjson")
-    how.add_argument("--wire", dest="mode", action="store_const", const="wire",
-                     help="wire records (wire_records=True: the sender decodes and encodes nothing)")
+    ap.add_argument("--packed", action="store_true",
+                    help="packed records (the sender decodes and encodes), as without orjson")
     args = ap.parse_args()
-    mode = args.mode or "json-properties"
     n = args.events_per_request
     enc = get_encoder("segment", write_key="k", library_name="mpsender", library_version=__version__)
     stages: dict[str, list[float]] = {k: [] for k in ("read", "decode", "encode", "gzip", "HTTP", "app encode")}
@@ -155,7 +130,7 @@ def main() -> int:
         client = httpx.Client(timeout=10.0)
         url = httpx.URL(collector.url.rstrip("/") + enc.path)
         for r in range(args.rounds + 1):  # the first round warms up
-            times = _round(enc, client, url, n, r * n, mode)
+            times = _round(enc, client, url, n, r * n, args.packed)
             if r:
                 for k, v in times.items():
                     stages[k].append(v / n)
@@ -166,12 +141,12 @@ def main() -> int:
     total = 0.0
     print(f"CPU µs per event, {n} request-like events per request, median of {args.rounds} rounds "
           f"(mpsender from {LIBPATH}):")
-    kind = {"packed": "records packed whole", "wire": "wire records"}.get(mode, "packed records, JSON properties")
+    kind = "packed records" if args.packed else "wire records"
     for k, v in stages.items():
         m = statistics.median(v)
         if k == "app encode":
             print(f"  {'sender':<10} {total:6.2f}   ({kind})")
-            print(f"  {k:<10} {m:6.2f}   (in track(): {_WRITERS[mode].__name__})")
+            print(f"  {k:<10} {m:6.2f}   (in track(): {'pack' if args.packed else 'encode_record'})")
             continue
         total += m
         print(f"  {k:<10} {m:6.2f}   (min {min(v):.2f}, max {max(v):.2f})")

@@ -30,7 +30,7 @@ from ._session import _deferred as _deferred_sessions
 from ._sink import SenderSink, Sink
 from ._stats import ProcessStats, SenderStats, Stats
 from ._testrun import outside_capture
-from ._wire_records import JSON_HEAD_SIZE, encode_json_record, encode_record, json_records_ready, json_size, wire_encoder
+from ._wire_records import encode_record, json_size, wire_encoder
 
 if TYPE_CHECKING:
     from ._timed import Timed
@@ -105,8 +105,6 @@ class Client:
         self._sink: Sink | None = sink
         # asked for, and the production sink only: mpsender.testing's checks decode what it is given
         self._wire = wire_encoder(options) if options.wire_records and isinstance(sink, SenderSink) else None
-        # by default, JSON records (while the sender reads them: _wire_records)
-        self._json_records = isinstance(sink, SenderSink) and json_records_ready(options)
         self._off = sink is None
         # a test run (MPSENDER_TESTING): a call that goes nowhere says how to capture it
         self._test_run = self._off and env_testing()
@@ -458,35 +456,25 @@ class Client:
             # A backfill (or a hook's timestamp): the sender ages the event from when it
             # was written, never from its own time, so a historical event is not expired.
             rec["w"] = now
-        payload, size, form = self._encode(rec, now)
+        # With wire_records, while the sender reads them: the event as the endpoint will get
+        # it (no work left for the sender but framing it into a request); else, or when
+        # orjson refuses a value, packed (_wire_records).
+        wire = self._wire
+        payload = encode_record(wire, rec, now) if wire is not None and self._sink.wire_ready else None  # type: ignore[union-attr]
+        if payload is None:
+            try:
+                payload = pack(rec)
+            except (TypeError, ValueError, OverflowError) as exc:
+                self._rejected += 1
+                raise explain_unpackable(rec, exc) from None
+            size, form = len(payload), "packed"
+        else:
+            size, form = json_size(payload), "as JSON"
         if size > self._max:
             self._rejected += 1
             raise EventTooLargeError(size, self._max, form)
         self._tracked += 1
         self._sink.write(payload, now)  # type: ignore[union-attr]  # None only when _off
-
-    def _encode(self, rec: dict[str, Any], now: float) -> tuple[bytes, int, str]:
-        """The record as written, its size as ``max_message_bytes`` counts it, and in
-        which form (for the error). While the sender reads them (_wire_records): with
-        ``wire_records``, the event as the endpoint will get it; by default, a JSON record,
-        whose properties the sender embeds as they are. Else, or when orjson refuses a
-        value, packed."""
-        sink = self._sink
-        wire = self._wire
-        if wire is not None and sink.wire_ready:  # type: ignore[union-attr]
-            payload = encode_record(wire, rec, now)
-            if payload is not None:
-                return payload, json_size(payload), "as JSON"
-        if self._json_records and sink.json_records_ready:  # type: ignore[union-attr]
-            payload = encode_json_record(rec, now)
-            if payload is not None:
-                return payload, len(payload) - JSON_HEAD_SIZE, "as JSON"
-        try:
-            payload = pack(rec)
-        except (TypeError, ValueError, OverflowError) as exc:
-            self._rejected += 1
-            raise explain_unpackable(rec, exc) from None
-        return payload, len(payload), "packed"
 
     def _check(self, fn: Any, *args: Any) -> Any:
         try:

@@ -24,8 +24,8 @@ import msgpack
 
 from ._exceptions import EventTypeError, InvalidEventError, UnserializableError
 
-__all__ = ["FIELD_NAMES", "JsonText", "MessageIds", "convert", "explain_unpackable", "pack", "to_timestamp",
-           "unpack", "written_at"]
+__all__ = ["FIELD_NAMES", "MessageIds", "convert", "explain_unpackable", "pack", "to_timestamp", "unpack",
+           "written_at"]
 
 #: long names of the record's short keys, for error messages
 FIELD_NAMES = {"p": "properties", "tr": "traits", "c": "context", "i": "integrations"}
@@ -284,20 +284,6 @@ def _pack_msgpack(record: dict[str, Any]) -> bytes:
     data: bytes = packer.pack(record)
     _local.packer = packer
     return data
-
-
-class JsonText:
-    """A record's properties as the JSON ``track()`` wrote them (``_wire_records``'s JSON
-    records): the Segment encoder puts them into the event as they are, without decoding
-    and encoding them again. (Not a subclass of bytes: orjson embeds only bytes.)"""
-
-    __slots__ = ("data",)
-
-    def __init__(self, data: bytes) -> None:
-        self.data = data
-
-    def __repr__(self) -> str:
-        return f"JsonText({self.data!r})"
 
 
 def unpack(payload: bytes) -> Any:

@@ -35,7 +35,7 @@ from ._platform import Connection
 from ._protocol import HELLO, WAKE_FRAME
 from ._reentry import HandlerSafeLock
 from ._version import __version__
-from ._wire_records import FEATURE, JSON_RECORDS
+from ._wire_records import FEATURE
 
 __all__ = ["SenderLink"]
 
@@ -71,8 +71,6 @@ class SenderLink:
         #: the connection whose sender reads wire records (_wire_records): while it is
         #: ``sock``, track() may write them
         self.wire_sock: Connection | None = None
-        #: the same for JSON records (_wire_records)
-        self.json_records_sock: Connection | None = None
         self._lock = HandlerSafeLock()
         self._control = HandlerSafeLock()
         self._next_spawn = 0.0
@@ -151,9 +149,7 @@ class SenderLink:
             except OSError:
                 sock.close()
                 return False
-            reads = self._sender_reads(sock)
-            self.wire_sock = sock if FEATURE in reads else None
-            self.json_records_sock = sock if JSON_RECORDS in reads else None
+            self.wire_sock = sock if self._reads_wire(sock) else None
             self.sock = sock
         finally:
             self._lock.release()
@@ -163,21 +159,21 @@ class SenderLink:
             self.bell = _open_doorbell(self._paths)
         return True
 
-    def _sender_reads(self, sock: Connection) -> list[str]:
-        """Which records, beyond packed ones, does the sender at the other end of
-        ``sock`` read (_wire_records)? Its ``sender.json`` says so, if that file is its own
-        (the pid the socket reports; a platform that reports none is taken at the file's
-        word). An earlier version's sender says nothing, and gets packed records."""
+    def _reads_wire(self, sock: Connection) -> bool:
+        """Does the sender at the other end of ``sock`` read wire records? Its
+        ``sender.json`` says so, if that file is its own (the pid the socket reports; a
+        platform that reports none is taken at the file's word). An earlier version's
+        sender says nothing, and gets packed records."""
         try:
             with open(self._paths.info, "rb") as fh:
                 info = json.loads(fh.read(65536))
             pid, _uid = _platform.peer_credentials(sock.sock)
         except (OSError, ValueError):
-            return []
+            return False
         if not isinstance(info, dict) or (pid and info.get("pid") != pid):
-            return []
+            return False
         records = info.get("records")
-        return [r for r in records if isinstance(r, str)] if isinstance(records, list) else []
+        return isinstance(records, list) and FEATURE in records
 
     def _try_spawn(self, wait: float) -> bool:
         try:

@@ -86,12 +86,6 @@ class SenderSink:
         link = self._link
         return link.sock is not None and link.sock is link.wire_sock
 
-    @property
-    def json_records_ready(self) -> bool:
-        """Connected to a sender that reads JSON records (_wire_records.encode_json_record)."""
-        link = self._link
-        return link.sock is not None and link.sock is link.json_records_sock
-
     def _announce(self) -> None:
         self._link.hello()
 

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from ._events import JsonText, json_key
+from ._events import json_key
 from ._options import FORMATS
 
 _json_fast = json.JSONEncoder(
@@ -140,14 +140,12 @@ def format_message_id(m: bytes | str) -> str:
 
 
 _orjson_dumps: Callable[..., bytes] | None
-_Fragment: Callable[[bytes], Any] | None
 try:  # optional (an extra): several times faster than the json module (benchmarks/README.md)
     import orjson  # type: ignore[import-not-found,unused-ignore]
 
     _orjson_dumps = orjson.dumps
-    _Fragment = orjson.Fragment  # JSON written already, embedded as it is
-except (ImportError, AttributeError):  # pragma: no cover - exercised where orjson is not installed
-    _orjson_dumps = _Fragment = None
+except ImportError:  # pragma: no cover - exercised where orjson is not installed
+    _orjson_dumps = None
 
 
 #: deflate level of request bodies: the fastest, and JSON batches still compress well
@@ -195,8 +193,6 @@ def _to_json_bytes(obj: Any) -> bytes:
 
 def _sanitize(value: Any) -> Any:
     """A copy of ``value`` that strict JSON can hold (the slow path)."""
-    if isinstance(value, JsonText):  # properties track() wrote as JSON: JSON already
-        return json.loads(value.data)
     if isinstance(value, dict):
         return {json_key(k): _sanitize(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -235,10 +231,6 @@ def _require(record: Mapping[str, Any], key: str) -> Any:
 
 # -- Segment ---------------------------------------------------------------------
 
-#: the keys of a track record that :meth:`SegmentEncoder._plain_track` joins (``s`` is in the
-#: properties already when they are JSON; ``w`` is not sent)
-_PLAIN_TRACK_KEYS: Final = frozenset({"t", "e", "p", "u", "a", "m", "ts", "s", "w"})
-
 #: call types without properties: Segment's carry the session id in their context
 _NO_PROPERTIES: Final = frozenset({"identify", "group", "alias"})
 
@@ -248,7 +240,7 @@ def _with_session(record: Mapping[str, Any]) -> Any:
     (a ``session_id`` property of the caller's own wins)."""
     p = record.get("p") or {}
     s = record.get("s")
-    if s is None or p.__class__ is JsonText or "session_id" in p:  # (JsonText: track() merged it)
+    if s is None or "session_id" in p:
         return p
     return {"session_id": s, **p}
 
@@ -267,7 +259,7 @@ class SegmentEncoder:
     when absent, as Segment's own libraries send them.
     """
 
-    __slots__ = ("_headers", "_library", "_library_context", "_library_context_json", "path")
+    __slots__ = ("_headers", "_library", "_library_context", "path")
 
     name: str = "segment"
     default_path: str = "/v1/batch"
@@ -284,7 +276,6 @@ class SegmentEncoder:
         self.path = _check_path(self.default_path if path is None else path)
         self._library = {"name": library_name, "version": library_version}
         self._library_context = {"library": self._library}  # shared by events without a context
-        self._library_context_json = _to_json_bytes(self._library_context)
         self._headers = _merge_headers(self._auth_headers(write_key), headers)
 
     def _auth_headers(self, write_key: str) -> dict[str, str]:
@@ -353,45 +344,8 @@ class SegmentEncoder:
         return WireRequest(self.path, dict(self._headers), body)
 
     def encode(self, record: dict[str, Any]) -> bytes:
-        """One internal record -> one Segment message as JSON bytes. Properties that
-        ``track()`` wrote as JSON (``_events.JsonText``) go into it as they are."""
-        if record.get("p").__class__ is JsonText and _orjson_dumps is not None:
-            joined = self._plain_track(record)
-            if joined is not None:
-                return joined
-        event = self.event(record)
-        props = event.get("properties")
-        if props.__class__ is JsonText and _Fragment is not None:
-            event["properties"] = _Fragment(props.data)
-            try:
-                return _orjson_dumps(event)  # type: ignore[misc]
-            except TypeError:
-                event["properties"] = props  # another field orjson refuses: the slow path below
-        return _to_json_bytes(event)
-
-    def _plain_track(self, record: dict[str, Any]) -> bytes | None:
-        """The sender's most common event, joined from its parts without building the
-        event's dict (the same bytes as :meth:`event` and orjson): a track with its
-        properties as JSON, and no context or integrations of its own. None for anything
-        else, left to :meth:`event`."""
-        if record.get("t") != "track" or not record.keys() <= _PLAIN_TRACK_KEYS:
-            return None
-        m, ts, u, a, e = record.get("m"), record.get("ts"), record.get("u"), record.get("a"), record.get("e")
-        if m is None or ts is None or e is None or (u is None and a is None):
-            return None
-        dumps: Callable[[Any], bytes] = _orjson_dumps  # type: ignore[assignment]
-        try:
-            parts = [b'{"type":"track","messageId":', dumps(m if type(m) is str else format_message_id(m)),
-                     b',"timestamp":', dumps(ts if type(ts) is str else format_timestamp(ts))]
-            if u is not None:
-                parts += (b',"userId":', dumps(u))
-            if a is not None:
-                parts += (b',"anonymousId":', dumps(a))
-            parts += (b',"context":', self._library_context_json, b',"event":', dumps(e),
-                      b',"properties":', record["p"].data, b"}")
-        except (TypeError, ValueError, OverflowError):
-            return None  # event() decides, and says what is wrong
-        return b"".join(parts)
+        """One internal record -> one Segment message as JSON bytes."""
+        return _to_json_bytes(self.event(record))
 
     def request_parts(self, parts: list[bytes], *, sent_at: float) -> WireRequest:
         """``{"batch": [...], "sentAt": ...}`` from events encoded by :meth:`encode`."""

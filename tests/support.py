@@ -444,4 +444,3 @@ class SenderWatch:
         self._stop.set()
         self._thread.join(10)
         self.seen |= live_sender_pids(self.runtime_dir)
-

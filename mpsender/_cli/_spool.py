@@ -15,7 +15,7 @@ from .._client import Client
 from .._layout import DEADLETTER, LOCK, write_commits, write_state
 from .._sender._spool import Counters
 from .._version import __version__
-from .._wire_records import is_wire, read_json_record, read_record
+from .._wire_records import is_wire, read_record
 from . import _common as c
 from ._runtime import ControlError, Destination, select, sender_stats
 from ._spoolfiles import WalInfo, commits, deadletter, decode, pending_events, records, state, wal_files
@@ -161,11 +161,7 @@ def run_show(args: argparse.Namespace) -> int:
 def _show_one(out: Any, w: WalInfo, offset: int, payload: bytes, delivered: bool, encoder: Any,
               *, as_json: bool, mark: bool) -> None:
     try:
-        found = read_json_record(payload) if is_wire(payload) else None  # (_wire_records)
-        if found is not None:  # a JSON record
-            rec = found[1]
-            event = json.loads(encoder.encode(rec))
-        elif is_wire(payload):  # written as the Segment event itself
+        if is_wire(payload):  # written as the Segment event itself (_wire_records)
             event = json.loads(read_record(payload)[2])
             rec = _record_view(event)
         else:

@@ -30,7 +30,6 @@ from .._platform import Connection, FrameError
 from .._protocol import FLUSH, HELLO, MAX_CONTROL, REPLY, STATS, STOP, WAKE
 from .._version import __version__
 from .._wire_records import FEATURE as WIRE_FEATURE
-from .._wire_records import JSON_RECORDS
 from .._wire_records import MARK as WIRE_MARK
 from ._spool import Counters, Spool
 from ._uploader import Uploader
@@ -119,7 +118,7 @@ class Server:
             "destination": self.options.redacted_endpoint(), "format": self.options.format,
             "spool": self.spool.dir, "socket": self.socket_path,
             # what it reads besides packed records: applications write these only then
-            "records": [WIRE_FEATURE, JSON_RECORDS],
+            "records": [WIRE_FEATURE],
         }
         tmp = os.path.join(self.dest, layout.INFO + ".tmp")
         with open(tmp, "w") as fh:

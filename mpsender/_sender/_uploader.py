@@ -41,7 +41,7 @@ from .._retry import (
 from .._version import __version__
 from .._wire import SegmentEncoder, format_timestamp, get_encoder, gzip_compress
 from .._wire_records import MARK as WIRE_MARK
-from .._wire_records import read_json_record, read_record
+from .._wire_records import read_record
 from ._http import build_client
 from ._spool import Counters, Entry, Spool
 
@@ -343,9 +343,8 @@ class Uploader(threading.Thread):
         now = time.time()
         too_old = now - opts.max_event_age if opts.max_event_age is not None else None
         encode = self.encoder.encode
-        # wire records (and JSON records) are the Segment format's; another
-        # format's sender (it cannot meet one: the format is part of the destination)
-        # dead-letters them as undecodable
+        # wire records are the Segment format's events; another format's sender (it cannot
+        # meet one: the format is part of the destination) dead-letters them as undecodable
         wire_ok = isinstance(self.encoder, SegmentEncoder)
         received = queued = queued_bytes = 0
         for e in entries:
@@ -354,13 +353,9 @@ class Uploader(threading.Thread):
                 continue  # a corrupt region, skipped
             received += 1
             try:
-                if payload[0] == WIRE_MARK and wire_ok:
-                    found = read_json_record(payload)
-                    if found is not None:  # a JSON record: its properties stay JSON
-                        e.ts, rec = found
-                    else:  # written as the wire's JSON: nothing to decode
-                        e.ts, e.mid, wire = read_record(payload)
-                        rec = None
+                if payload[0] == WIRE_MARK and wire_ok:  # written as the wire's JSON: nothing to decode
+                    e.ts, e.mid, wire = read_record(payload)
+                    rec = None
                 else:
                     rec = unpack(payload)
                     e.ts = written_at(rec, now)

@@ -1,7 +1,6 @@
-"""Records written as the wire's JSON (``wire_records=True``), and JSON records (the
-default), go only to a sender that says it reads them: a sender of
-an earlier version sharing the runtime directory gets records packed whole, which every
-version reads (issue 15; mpsender/_wire_records.py)."""
+"""Records written as the wire's JSON (``wire_records=True``) go only to a sender that says
+it reads them: a sender of an earlier version sharing the runtime directory gets packed
+records, which every version reads (issue 15; mpsender/_wire_records.py)."""
 
 from __future__ import annotations
 
@@ -14,7 +13,6 @@ from support import app_env, check, run_app
 
 from mpsender._collector import Collector
 from mpsender._framing import scan
-from mpsender._wire_records import record_kind
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.skipif(
     __import__("importlib").util.find_spec("orjson") is None, reason="wire records need orjson (the fast extra)")]
@@ -30,25 +28,6 @@ assert mpsender.flush(20)
 (wal,) = c.paths.spool.glob(f"{os.getpid()}-*.wal")
 print(" ".join(hex(p[0]) for _, p in scan(wal.read_bytes(), final=True).payloads))
 """
-
-
-#: the same, printing how each record was written
-_APP_KINDS = """
-import os, mpsender
-from mpsender._framing import scan
-from mpsender._wire_records import record_kind
-c = mpsender.init()
-for i in range(3):
-    mpsender.track("E", user_id="u", properties={"i": i, "who": "app"})
-assert mpsender.flush(20)
-(wal,) = c.paths.spool.glob(f"{os.getpid()}-*.wal")
-print(" ".join(record_kind(p) for _, p in scan(wal.read_bytes(), final=True).payloads))
-"""
-
-
-def _kinds(spool: Path) -> list[str]:
-    (wal,) = spool.glob(f"{os.getpid()}-*.wal")
-    return [record_kind(p) for _, p in scan(wal.read_bytes(), final=True).payloads]
 
 
 def _first_bytes(spool: Path) -> list[int]:
@@ -107,62 +86,10 @@ def test_an_event_over_max_message_bytes_as_json_is_refused_at_the_call(client_f
     assert client.stats().process.rejected == 1
 
 
-def test_wire_json_only_when_asked(client_factory) -> None:
-    """wire_records is off by default: track() writes a JSON record, which the sender
-    encodes into the event, its properties as they are."""
+def test_packed_records_unless_asked(client_factory) -> None:
+    """wire_records is off by default: track() packs, the sender decodes and encodes."""
     client = client_factory()
     assert client.start(wait=10)
     client.track("E", user_id="u", properties={"i": 0})
     assert client.flush(timeout=20)
-    assert _kinds(client.paths.spool) == ["json"]
-
-
-@pytest.mark.parametrize("change", ["an earlier version's list", "not the listening sender's file"])
-def test_json_records_only_for_a_sender_that_reads_them(client_factory, collector: Collector, runtime_dir: str,
-                                                           change: str) -> None:
-    client = client_factory(linger=10.0)
-    assert client.start(wait=10)
-    client.track("E", user_id="u", properties={"who": "test"})
-    client.track("E", user_id="u")  # no properties: nothing to write as JSON
-    assert client.flush(timeout=20)
-    assert _kinds(client.paths.spool) == ["json", "json"]  # this sender lists "json-records"
-
-    info = json.loads(client.paths.info.read_text())
-    if change == "an earlier version's list":
-        info["records"] = ["wire-json"]  # the version before reads wire JSON, not JSON records
-    else:
-        info["pid"] += 1
-    client.paths.info.write_text(json.dumps(info))
-
-    out = check(run_app(_APP_KINDS, app_env(collector.url, runtime_dir, linger=10.0)))
-    assert out.split() == ["packed"] * 3
-    assert collector.wait_for(lambda c: c.count() >= 5, timeout=20)
-    assert sorted((e["properties"].get("who", ""), e["properties"].get("i", -1)) for e in collector.events()) == [
-        ("", -1), ("app", 0), ("app", 1), ("app", 2), ("test", -1)]
-
-
-def test_json_records_arrive_as_the_packed_ones_would(client_factory, collector: Collector) -> None:
-    """JSON records and one packed (orjson refuses bytes) in the same file, in a session:
-    all arrive, each as the packed path has always sent it."""
-    client = client_factory()
-    assert client.start(wait=10)
-    with client.session("s-1"):
-        client.track("E", user_id="u", properties={"i": 0, "when": __import__("datetime").date(2026, 1, 2)})
-        client.track("E", user_id="u", properties={"i": 1, "raw": b"bytes"})
-    assert client.flush(timeout=20)
-    # Session Started, 0, 1 (packed), Session Ended
-    assert _kinds(client.paths.spool) == ["json", "json", "packed", "json"]
-    events = {e["properties"].get("i"): e for e in collector.events() if e["event"] == "E"}
-    assert events[0]["properties"] == {"session_id": "s-1", "i": 0, "when": "2026-01-02"}
-    assert events[1]["properties"] == {"session_id": "s-1", "i": 1, "raw": "bytes"}
-
-
-def test_an_event_over_max_message_bytes_in_a_json_record_is_refused_at_the_call(client_factory) -> None:
-    import mpsender
-
-    client = client_factory(max_message_bytes=1_000)
-    assert client.start(wait=10)
-    client.track("E", user_id="u", properties={"blob": "x" * 850})
-    with pytest.raises(mpsender.EventTooLargeError, match=r"event is \d+ bytes as JSON, over the limit of 1000"):
-        client.track("E", user_id="u", properties={"blob": "x" * 990})
-    assert client.stats().process.rejected == 1
+    assert _first_bytes(client.paths.spool) == [0x86]
