@@ -18,6 +18,8 @@ delivered/N, with N every tracked request.
 req/s is what a busy 2-core machine gives, and moves with anything else running on it;
 the CPU columns (gunicorn's master and workers, all their threads, so a peer's upload
 thread counts; and mpsender's sender) are the steadier measure of the cost.
+``bench_paced.py`` measures each row against a baseline in its own workers instead
+(:func:`run_blocks`), which a row run apart cannot match.
 
 Rows:
 
@@ -151,8 +153,8 @@ CONFS = {
 # --- the load process ---------------------------------------------------------------------
 
 
-def load_main(port: int, n: int, concurrency: int) -> None:
-    """``n`` GETs of /page from ``concurrency`` threads; prints {"elapsed", "ok", "failed"}."""
+def load_main(port: int, n: int, concurrency: int, path: str = "/page") -> None:
+    """``n`` GETs of ``path`` from ``concurrency`` threads; prints {"elapsed", "ok", "failed"}."""
     counter = iter(range(n))
     lock = threading.Lock()
     ok = [0]
@@ -167,7 +169,7 @@ def load_main(port: int, n: int, concurrency: int) -> None:
                 if next(counter, None) is None:
                     break
             try:
-                conn.request("GET", "/page")
+                conn.request("GET", path)
                 resp = conn.getresponse()
                 resp.read()
                 good = resp.status == 200
@@ -188,8 +190,8 @@ def load_main(port: int, n: int, concurrency: int) -> None:
     print(json.dumps({"elapsed": time.perf_counter() - started, "ok": ok[0], "failed": failed[0]}))
 
 
-def run_load(port: int, n: int, concurrency: int) -> dict[str, Any]:
-    out = subprocess.run([PYTHON, os.path.abspath(__file__), "--_load", str(port), str(n), str(concurrency)],
+def run_load(port: int, n: int, concurrency: int, path: str = "/page") -> dict[str, Any]:
+    out = subprocess.run([PYTHON, os.path.abspath(__file__), "--_load", str(port), str(n), str(concurrency), path],
                          capture_output=True, text=True, timeout=600)
     if out.returncode != 0:
         raise RuntimeError(f"the load process failed:\n{out.stderr}")
@@ -223,6 +225,58 @@ def _tree_cpu(pid: int) -> float:
     return total
 
 
+def _tree_cpu_ns(pid: int) -> tuple[int, int]:
+    """(CPU ns of every thread, CPU ns of the main threads) of gunicorn's master and its
+    live workers, in ns (/proc's ticks are 10 ms): a process's from its CPU-time clock
+    (Linux's MAKE_PROCESS_CPUCLOCK), a main thread's from the scheduler's
+    ``/proc/PID/task/PID/schedstat`` (another process's thread clock cannot be read)."""
+    import psutil
+
+    total = main = 0
+    try:
+        pids = [pid, *(c.pid for c in psutil.Process(pid).children())]
+    except psutil.NoSuchProcess:
+        return 0, 0
+    for p in pids:
+        try:
+            with open(f"/proc/{p}/task/{p}/schedstat", "rb") as fh:
+                on_cpu = int(fh.read().split()[0])
+            total += time.clock_gettime_ns(((~p) << 3) | 2)
+            main += on_cpu
+        except (OSError, ValueError, IndexError):
+            continue  # gone
+    return total, main
+
+
+def run_blocks(port: int, pid: int, requests: int, pairs: int, concurrency: int,
+               sender: int | None) -> dict[str, float]:
+    """The library's CPU per tracked request, against a baseline in the same workers:
+    ``pairs`` pairs of blocks of ``requests // pairs`` GETs, /health (nothing tracked) then
+    /page (one event). b = the main threads' CPU in the /health blocks per request (the
+    server and the app without the library); the library's cost = (every thread's CPU over
+    all blocks - b x every request) / tracked requests, so a peer's upload thread is
+    charged whenever it runs (as in bench_paced.py). Needs Linux's CPU-time clocks."""
+    block = max(1, requests // pairs)
+    total0, _ = _tree_cpu_ns(pid)
+    sender0 = proc_cpu(sender) if sender else 0.0
+    base_main = 0
+    base_n = tracked = 0
+    elapsed = 0.0
+    for _ in range(pairs):
+        m0 = _tree_cpu_ns(pid)[1]
+        run_load(port, block, concurrency, "/health")
+        base_main += _tree_cpu_ns(pid)[1] - m0
+        base_n += block
+        res = run_load(port, block, concurrency, "/page")
+        tracked += res["ok"]
+        elapsed += res["elapsed"]
+    total1, _ = _tree_cpu_ns(pid)
+    b = base_main / base_n
+    return {"base_us": b / 1000, "net_us": (total1 - total0 - b * (base_n + tracked)) / tracked / 1000,
+            "sender_us": (proc_cpu(sender) - sender0) / tracked * 1e6 if sender else 0.0,
+            "rps": tracked / elapsed, "tracked": tracked}
+
+
 def _healthy(port: int) -> bool:
     try:
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=1)
@@ -234,7 +288,11 @@ def _healthy(port: int) -> bool:
         return False
 
 
-def run_row(lib: str, setup: str, conf: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+def run_row(lib: str, setup: str, conf: str, args: argparse.Namespace, workdir: Path,
+            blocks: int = 0) -> dict[str, Any]:
+    """One gunicorn for one row. ``blocks``: measure with :func:`run_blocks` (that many
+    pairs of baseline and tracked blocks in these workers) instead of /page alone; the
+    result then has its ``blocks`` figures too."""
     collector = CollectorProcess(str(workdir))
     runtime_dir = new_runtime_dir()
     port = _free_port()
@@ -267,10 +325,15 @@ def run_row(lib: str, setup: str, conf: str, args: argparse.Namespace, workdir: 
         collector.target(total)
         if args.warmup:
             run_load(port, args.warmup, args.concurrency)
-        cpu0 = _tree_cpu(proc.pid)
         sender = sender_pid(runtime_dir)
+        in_row = run_blocks(port, proc.pid, args.requests, blocks, args.concurrency, sender) if blocks else None
+        if in_row is not None:
+            total = args.warmup + int(in_row["tracked"])
+            collector.target(total)
+        cpu0 = _tree_cpu(proc.pid)
         sender_cpu0 = proc_cpu(sender) if sender else 0.0
-        res = run_load(port, args.requests, args.concurrency)
+        res = run_load(port, args.requests, args.concurrency) if in_row is None else {
+            "ok": in_row["tracked"], "elapsed": in_row["tracked"] / in_row["rps"], "failed": 0}
         app_cpu = _tree_cpu(proc.pid) - cpu0
         sender_cpu = proc_cpu(sender) - sender_cpu0 if sender else None
         stop_started = time.monotonic()
@@ -287,7 +350,7 @@ def run_row(lib: str, setup: str, conf: str, args: argparse.Namespace, workdir: 
             "app_cpu_ms": 1000 * app_cpu / args.requests,
             "sender_cpu_ms": None if sender_cpu is None else 1000 * sender_cpu / args.requests,
             "delivered": stats["distinct"], "stop_s": stop_s, "stopped": proc.returncode is not None,
-            "all_at": done["done_at"],
+            "all_at": done["done_at"], "blocks": in_row,
         }
     finally:
         try:
@@ -304,7 +367,7 @@ def run_row(lib: str, setup: str, conf: str, args: argparse.Namespace, workdir: 
 
 def main() -> int:
     if len(sys.argv) > 1 and sys.argv[1] == "--_load":
-        load_main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        load_main(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), *sys.argv[5:6])
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000, help="measured requests per round")

@@ -69,10 +69,11 @@ A second table shows where the sender's CPU goes per event: its IO thread
 (connections, control, doorbells), its uploader thread (tail the spool, decode, encode,
 cut batches) and its poster thread (gzip, POST, commit), told apart by creation order.
 
-Then the gunicorn benchmark's CPU per request (``bench_gunicorn.run_row``, one round of
-its default 3,000 requests: 4 sync workers, one event per request, flat out; less its
-no-tracking row, run apart; CPU in 10 ms ticks, so ±3 µs per request at best), unless
-``--no-gunicorn``. Nothing leaves 127.0.0.1.
+Then the gunicorn benchmark's CPU per request (``bench_gunicorn.run_row``, 3,000 tracked
+requests: 4 sync workers, one event per request, flat out), against a baseline in the same
+workers the same way (``bench_gunicorn.run_blocks``: three pairs of blocks, /health then
+/page; b from the main threads' CPU in the /health blocks, read from the scheduler in ns),
+its no-tracking row a null check; unless ``--no-gunicorn``. Nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -267,20 +268,20 @@ def render(rows: list[dict[str, Any]], gunicorn: list[dict[str, Any]] | None, ar
                      f"| {delivered} |")
     if gunicorn:
         for g in gunicorn:
-            # bench_gunicorn's own method: a separate no-tracking row, its µs per request in
-            # the baseline column; a library's row less it in the app column
-            base = fmt(g["app_us"], ".1f") if g["net_us"] is None else "-"
-            g_sender = "-" if g["net_us"] is None else "0"  # the baseline: no library; a peer: no sender
+            # against a baseline in the same workers (bench_gunicorn.run_blocks): the baseline
+            # column is b, a /health request's CPU in the main threads; the app column the
+            # library's CPU per tracked request; the no-tracking row a null check
+            g_sender = "-" if g["sender_us"] is None else fmt(g["sender_us"], ".1f")
             lines.append(f"| flat out ({g['rps']:,.0f} req/s) | {args.gunicorn_workers} gunicorn workers "
-                         f"| {g['label']} | - | {base} | {fmt(g['net_us'], '.1f')} | - "
-                         f"| {fmt(g['sender_us'], '.1f') if g['sender_us'] is not None else g_sender} | - "
-                         f"| {fmt(g['host_us'], '.1f')} | - | {delivered_text(g['delivered'], g['total'])} |")
+                         f"| {g['label']} | - | {fmt(g['app_us'], '.1f')} | {fmt(g['net_us'], '.1f')} | - "
+                         f"| {g_sender} | - | {fmt(g['host_us'], '.1f')} | - "
+                         f"| {delivered_text(g['delivered'], g['total'])} |")
     return "\n".join(lines)
 
 
 def delivered_text(delivered: int | None, total: int | None) -> str:
     if delivered is None or total is None:
-        return "- (baseline: nothing tracked)"
+        return "- (null check: nothing tracked)"
     return f"{delivered:,}/{total:,} {'✓' if delivered == total else '✗ INCOMPLETE'}"
 
 
@@ -301,11 +302,12 @@ def render_threads(rows: list[dict[str, Any]]) -> str:
 
 
 def gunicorn_rows(args: argparse.Namespace, workdir: str) -> list[dict[str, Any]]:
-    """bench_gunicorn's quick rows: CPU per request less its no-tracking row."""
+    """bench_gunicorn's rows, each against a baseline in its own workers
+    (``bench_gunicorn.run_blocks``: blocks of /health and /page requests in turn); the
+    no-tracking row runs the same blocks as a null check."""
     import bench_gunicorn as bg
 
-    # one round of bench_gunicorn's default counts: its CPU comes from psutil in ticks of
-    # 10 ms, which --quick's 600 requests would turn into steps of ~17 µs per request
+    # one round of bench_gunicorn's default counts (CPU from the kernel's ns clocks)
     g_args = argparse.Namespace(requests=args.gunicorn_requests, warmup=300, concurrency=8,
                                 workers=args.gunicorn_workers, settle=5.0, preload=True)
     wd = Path(workdir) / "gunicorn"
@@ -315,22 +317,24 @@ def gunicorn_rows(args: argparse.Namespace, workdir: str) -> list[dict[str, Any]
         (wd / f"conf_{name}.py").write_text(text)
     wanted = [r for r in bg.ROWS if r[1] == "none" or r[2] in ("-", "post_fork")]
     out = []
-    base_us = None
     for label, lib, setup, conf in wanted:
-        res = bg.run_row(lib, setup, conf, g_args, wd)
-        app_us = res["app_cpu_ms"] * 1000
-        sender_us = None if res["sender_cpu_ms"] is None else res["sender_cpu_ms"] * 1000
+        res = bg.run_row(lib, setup, conf, g_args, wd, blocks=GUNICORN_PAIRS)
+        blk = res["blocks"]
+        sender_us = blk["sender_us"] if lib == "mpsender" else 0.0
         if lib == "none":
-            base_us = app_us
-            out.append({"label": f"gunicorn: {label} (baseline)", "rps": res["rps"], "app_us": app_us,
-                        "net_us": None, "sender_us": None, "host_us": None, "delivered": None, "total": None})
+            out.append({"label": f"gunicorn: {label} (null check)", "rps": blk["rps"], "app_us": blk["base_us"],
+                        "net_us": blk["net_us"], "sender_us": None, "host_us": None, "delivered": None,
+                        "total": None})
             continue
-        net = app_us - base_us if base_us is not None else float("nan")
-        out.append({"label": f"gunicorn: {label}", "rps": res["rps"], "app_us": app_us, "net_us": net,
-                    "sender_us": sender_us, "host_us": net + (sender_us or 0.0),
+        out.append({"label": f"gunicorn: {label}", "rps": blk["rps"], "app_us": blk["base_us"],
+                    "net_us": blk["net_us"], "sender_us": sender_us, "host_us": blk["net_us"] + sender_us,
                     "delivered": res["delivered"], "total": res["total"]})
         print(f"  gunicorn {label}: done", file=sys.stderr, flush=True)
     return out
+
+
+#: pairs of /health and /page blocks per gunicorn row
+GUNICORN_PAIRS = 3
 
 
 def blocks_of(rate: float, seconds: float, block_s: float, max_events: int) -> tuple[int, int]:
