@@ -174,8 +174,8 @@ def sender_stats(dest: Destination, timeout: float = 2.0) -> dict[str, Any]:
     answer = control(dest.socket, STATS, timeout)
     if not isinstance(answer, dict):
         raise ControlError(f"unexpected answer {answer!r}")
-    # our own connection is counted too: show the application's
-    answer["connections"] = max(0, int(answer.get("connections", 1)) - 1)
+    # "connections" counts the processes that said HELLO (the sender's ``_clients``): this
+    # request's own connection never does, so the figure is the applications' as it is
     return answer
 
 

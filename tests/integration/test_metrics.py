@@ -4,6 +4,7 @@ happened at the collector (uploads, requests, refusals) and in the processes."""
 
 from __future__ import annotations
 
+import json
 import stat
 from pathlib import Path
 
@@ -87,6 +88,34 @@ def test_status_prometheus_counts_uploads_and_drops_by_reason(client_factory, co
     (info,) = families["mpsender_sender_info"].samples
     assert info.labels == {"destination": dest, "endpoint": collector.url, "format": "segment",
                            "version": sender.extra["version"]}
+
+
+def test_both_outputs_count_the_connected_processes_alike(client_factory, collector: Collector) -> None:
+    """One application connected: plain status, --json and --prometheus all say 1 (the
+    status command's own connection is not an application's, and not counted), and all
+    say 0 once it has shut down."""
+    client = client_factory(linger=60)
+    client.track("hello", user_id="u")
+    assert client.flush(timeout=30)
+    runtime_dir = client.paths.base
+    dest = client.paths.dest.name
+
+    def connected() -> tuple[int, int, str]:
+        js = cli("status", "--json", "--runtime-dir", runtime_dir)
+        assert js.returncode == 0, show(js)
+        (report,) = json.loads(js.stdout)
+        code, text, parsed = scrape(runtime_dir)
+        assert code == 0, text
+        plain = cli("status", "--runtime-dir", runtime_dir)
+        assert plain.returncode == 0, show(plain)
+        return report["connections"], int(value(parsed, dest, "mpsender_connected_processes")), plain.stdout
+
+    json_n, prom_n, plain = connected()
+    assert (json_n, prom_n) == (1, 1) and "1 connected process(es)" in plain, plain
+    client.shutdown(timeout=10)
+    seen: list[tuple[int, int, str]] = []
+    assert wait_for(lambda: (seen.append(connected()) or seen[-1][:2]) == (0, 0), 10.0), seen[-1]
+    assert "0 connected process(es)" in seen[-1][2], seen[-1][2]
 
 
 def test_metrics_file_per_destination_and_up_0_once_stopped(client_factory, collector: Collector,
