@@ -18,6 +18,10 @@ batch until it is sent), so glibc's heap behaves as in the sender:
 * HTTP: one POST of that body to a local collector process (httpx, the sender's client
   settings), the posting thread's CPU, spread over the request's events.
 
+Not in the sender's total, for comparison: the same POST with the standard library's
+``http.client`` on a kept-alive connection (what a leaner HTTP path than httpx's client
+would save; the sender keeps httpx for its proxies, timeouts and TLS).
+
 The figure per stage is the median of ``--rounds`` rounds, CPU time per event. What the
 sender spends beyond their sum in ``bench_paced.py`` (its "sender µs/ev" less this total)
 is waking up, looking at the spool (``stat``, ``pread``), cutting batches, committing,
@@ -28,6 +32,7 @@ cold caches of doing all that a few times a second instead of in a loop.
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import shutil
 import statistics
@@ -75,7 +80,8 @@ def _cpu(fn: Callable[[], object]) -> float:
     return (time.thread_time_ns() - t0) / 1000
 
 
-def _round(enc: Any, client: httpx.Client, url: httpx.URL, n: int, offset: int, packed: bool) -> dict[str, float]:
+def _round(enc: Any, client: httpx.Client, plain: http.client.HTTPConnection, url: httpx.URL, n: int, offset: int,
+           packed: bool) -> dict[str, float]:
     """CPU µs of each stage for one request's worth of ``n`` events."""
     recs = _records(n, offset)
     payloads: list[bytes] = []
@@ -109,6 +115,20 @@ def _round(enc: Any, client: httpx.Client, url: httpx.URL, n: int, offset: int, 
     t.start()
     t.join()
     times["HTTP"] = answer[0]
+
+    def post_plain() -> None:
+        def once() -> None:
+            plain.request("POST", url.raw_path.decode("ascii"), body=body[0], headers=headers)
+            reply = plain.getresponse()
+            reply.read()
+            assert reply.status == 200, reply.status
+
+        answer.append(_cpu(once))
+
+    t = threading.Thread(target=post_plain)
+    t.start()
+    t.join()
+    times["http.client"] = answer[1]
     times["app encode"] = app
     return times
 
@@ -123,18 +143,21 @@ def main() -> int:
     args = ap.parse_args()
     n = args.events_per_request
     enc = get_encoder("segment", write_key="k", library_name="mpsender", library_version=__version__)
-    stages: dict[str, list[float]] = {k: [] for k in ("read", "decode", "encode", "gzip", "HTTP", "app encode")}
+    stages: dict[str, list[float]] = {k: [] for k in ("read", "decode", "encode", "gzip", "HTTP", "app encode",
+                                                      "http.client")}
     workdir = tempfile.mkdtemp(prefix="mpb-split-")
     collector = CollectorProcess(workdir, "ids")
     try:
         client = httpx.Client(timeout=10.0)
         url = httpx.URL(collector.url.rstrip("/") + enc.path)
+        plain = http.client.HTTPConnection(url.host, url.port, timeout=10.0)
         for r in range(args.rounds + 1):  # the first round warms up
-            times = _round(enc, client, url, n, r * n, args.packed)
+            times = _round(enc, client, plain, url, n, r * n, args.packed)
             if r:
                 for k, v in times.items():
                     stages[k].append(v / n)
         client.close()
+        plain.close()
     finally:
         collector.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -147,6 +170,10 @@ def main() -> int:
         if k == "app encode":
             print(f"  {'sender':<10} {total:6.2f}   ({kind})")
             print(f"  {k:<10} {m:6.2f}   (in track(): {'pack' if args.packed else 'encode_record'})")
+            continue
+        if k == "http.client":
+            print(f"  {k:<10} {m:6.2f}   (the same POST with the standard library, for comparison: "
+                  f"not in the sender's total; min {min(v):.2f}, max {max(v):.2f})")
             continue
         total += m
         print(f"  {k:<10} {m:6.2f}   (min {min(v):.2f}, max {max(v):.2f})")
