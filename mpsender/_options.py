@@ -6,6 +6,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import ssl
 import urllib.parse
 from collections.abc import Callable, Mapping
@@ -146,6 +147,7 @@ class Options:
                 raise ConfigurationError(
                     "endpoint is missing: pass mpsender.init(endpoint='https://...') "
                     "or set MPSENDER_ENDPOINT"
+                    + (" (or OTEL_EXPORTER_OTLP_ENDPOINT)" if self.format in OTLP_FORMATS else "")
                 )
         if not isinstance(self.write_key, str):
             raise ConfigurationError(f"write_key must be a str, not {type(self.write_key).__name__}")
@@ -422,9 +424,83 @@ def resolve_options(explicit: Mapping[str, Any], environ: Mapping[str, str] | No
             logger.warning("ignoring %s%s: %s; using the default", ENV_PREFIX, name.upper(), exc)
             del env[name]
     merged = {**env, **{k: v for k, v in explicit.items() if v is not None or k in _NULLABLE}}
+    if merged.get("format", "segment") in OTLP_FORMATS:
+        _otel_exporter_env(merged, os.environ if environ is None else environ)
     if env_testing(os.environ if environ is None else environ):
         merged["disabled"] = True  # even over an explicit disabled=False: see TESTING_ENV
     return Options(**merged)
+
+
+#: OpenTelemetry's exporter variables mpsender reads for the OTLP formats, the logs signal's
+#: own first (as OTel's SDKs read them: the signal's variable replaces the generic one)
+OTEL_ENDPOINT_ENV = ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+OTEL_HEADERS_ENV = ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+
+
+def _otel_exporter_env(merged: dict[str, Any], environ: Mapping[str, str]) -> None:
+    """For the OTLP formats, what an OpenTelemetry deployment already exports, under what
+    mpsender is told (an argument or MPSENDER_*): the endpoint, when none is given, and
+    headers, each replaced by a ``headers`` entry of the same name (any case).
+
+    ``OTEL_EXPORTER_OTLP_ENDPOINT`` is a base URL (``/v1/logs`` is appended, as for
+    ``endpoint``); ``OTEL_EXPORTER_OTLP_LOGS_ENDPOINT`` is the whole URL, used as it is.
+    Headers are ``name=value`` pairs separated by commas, percent-encoded (the W3C Baggage
+    form OTel specifies). A value that cannot be used is logged and ignored, as a bad
+    MPSENDER_* value is."""
+    if not merged.get("endpoint"):
+        for name in OTEL_ENDPOINT_ENV:
+            raw = environ.get(name, "").strip()
+            if not raw:
+                continue
+            url = urllib.parse.urlsplit(raw)
+            if url.scheme not in ("http", "https") or not url.netloc or url.query or url.fragment:
+                # (not the value: a URL can carry credentials)
+                logger.warning("ignoring %s: not an http:// or https:// URL without a query", name)
+                continue
+            if name == OTEL_ENDPOINT_ENV[0]:  # the logs' own URL, path and all
+                merged["endpoint"] = f"{url.scheme}://{url.netloc}"
+                merged.setdefault("path", url.path or "/")
+            else:
+                merged["endpoint"] = raw
+            break
+    for name in OTEL_HEADERS_ENV:
+        raw = environ.get(name, "").strip()
+        if not raw:
+            continue
+        try:
+            found = parse_otel_headers(raw)
+        except ValueError as exc:
+            logger.warning("ignoring %s: %s", name, exc)
+            continue
+        given = merged.get("headers")
+        given = dict(given) if isinstance(given, Mapping) else {}
+        mine = {k.lower() for k in given}
+        merged["headers"] = {**{k: v for k, v in found.items() if k.lower() not in mine}, **given}
+        break
+
+
+def parse_otel_headers(raw: str) -> dict[str, str]:
+    """``OTEL_EXPORTER_OTLP_HEADERS``' form: ``name=value,name2=value2``, each side
+    percent-decoded and stripped. ``ValueError`` names the first entry that is not one
+    (without its value: headers carry keys)."""
+    out: dict[str, str] = {}
+    for i, part in enumerate(raw.split(","), 1):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        name = urllib.parse.unquote(name).strip()
+        value = urllib.parse.unquote(value).strip()
+        if not sep or not _TOKEN.fullmatch(name):
+            raise ValueError(f"entry {i} is not name=value with a header name "
+                             "(the form is 'name=value,name2=value2')")
+        if any(c in value for c in "\r\n\0"):
+            raise ValueError(f"the value of {name!r} has a line break or NUL in it")
+        out[name] = value
+    return out
+
+
+#: an HTTP header name (RFC 9110's token)
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 # Options whose None is meaningful when given explicitly.

@@ -79,11 +79,12 @@ _PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy", "no_prox
 @pytest.fixture(autouse=True)
 def _fresh_module_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test starts with no process-wide client, no MPSENDER_* variables but the
-    platform switch, and no proxy variables (the senders it starts inherit the environment)."""
+    platform switch, no OpenTelemetry variables (the OTLP formats read some) and no proxy
+    variables (the senders it starts inherit the environment)."""
     for name in list(os.environ):
         if name == _platform.MODE_ENV:
             continue  # CI's second run forces the portable fallbacks in every process it starts
-        if name.startswith("MPSENDER_") or name.lower() in _PROXY_VARIABLES:
+        if name.startswith(("MPSENDER_", "OTEL_")) or name.lower() in _PROXY_VARIABLES:
             monkeypatch.delenv(name)
     _api._reset_for_tests()
     yield

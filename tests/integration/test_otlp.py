@@ -192,6 +192,22 @@ def test_no_key_no_authorization_and_custom_headers(fmt: str, make_client: Calla
     assert [e["event"] for e in collector.events()] == ["A"]
 
 
+@pytest.mark.parametrize("fmt", OTLP_FORMATS)
+def test_an_otel_deployments_variables_are_enough(fmt: str, make_client: Callable[..., mpsender.Client],
+                                                 collector: Collector, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no endpoint given, OTEL_EXPORTER_OTLP_ENDPOINT and OTEL_EXPORTER_OTLP_HEADERS (as an
+    OpenTelemetry operator or vendor guide exports them) are where and how the sender posts."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", collector.url)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "X-Scope-OrgID=tenant%201,x-api-key=k1")
+    client = make_client(None, format=fmt)
+    client.track("A", user_id="u")
+    assert client.flush(timeout=15)
+    [request] = collector.requests()
+    assert request.status == 200 and request.path == "/v1/logs"
+    assert (request.headers["x-scope-orgid"], request.headers["x-api-key"]) == ("tenant 1", "k1")
+    assert [e["event"] for e in collector.events()] == ["A"]
+
+
 def test_a_400_drops_and_counts_a_429_retries(make_client: Callable[..., mpsender.Client],
                                               collector: Collector) -> None:
     """An OTLP endpoint's 429 with Retry-After is retried until taken; a 400 is refused for good:

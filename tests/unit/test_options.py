@@ -207,3 +207,75 @@ def test_ca_bundle_is_checked_and_made_absolute(tmp_path, monkeypatch: pytest.Mo
         Options(**BASE, ca_bundle="missing.pem")
     with pytest.raises(ConfigurationError, match="ca_bundle is set but verify_tls is False"):
         Options(**BASE, ca_bundle="ca.pem", verify_tls=False)
+
+
+# --- OpenTelemetry's exporter variables (the OTLP formats) --------------------------------------
+
+
+def test_otlp_takes_the_endpoint_and_headers_an_otel_deployment_exports() -> None:
+    """format otlp with no endpoint: OTEL_EXPORTER_OTLP_ENDPOINT is the base URL (the format's
+    /v1/logs is appended), its headers are name=value pairs, percent-decoded and stripped."""
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://otel.example:4318",
+           "OTEL_EXPORTER_OTLP_HEADERS": "api-key=s3cr%3Dt%2C1 , X-Scope-OrgID = tenant-1,"}
+    for fmt in ("otlp", "otlp-proto"):
+        o = resolve_options({"format": fmt}, environ=env)
+        assert (o.endpoint, o.path) == ("https://otel.example:4318", None)
+        assert dict(o.headers) == {"api-key": "s3cr=t,1", "X-Scope-OrgID": "tenant-1"}
+
+
+def test_the_logs_signal_variables_replace_the_generic_ones() -> None:
+    """OTEL_EXPORTER_OTLP_LOGS_ENDPOINT is the whole URL, path and all; the LOGS headers
+    replace the generic ones whole (as OTel's SDKs read them), not entry by entry."""
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://generic:4318", "OTEL_EXPORTER_OTLP_HEADERS": "a=1,b=2",
+           "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://logs:4318/custom/v1/logs",
+           "OTEL_EXPORTER_OTLP_LOGS_HEADERS": "b=3"}
+    o = resolve_options({"format": "otlp"}, environ=env)
+    assert (o.endpoint, o.path, dict(o.headers)) == ("http://logs:4318", "/custom/v1/logs", {"b": "3"})
+    bare = resolve_options({"format": "otlp"}, environ={"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://logs:4318"})
+    assert (bare.endpoint, bare.path) == ("http://logs:4318", "/")  # as it is: no /v1/logs added
+
+
+def test_what_mpsender_is_told_wins_over_otel_variables() -> None:
+    """An endpoint argument or MPSENDER_ENDPOINT wins over the OTel endpoint (and a given path
+    over the LOGS URL's); a headers entry replaces an OTel header of the same name in any case."""
+    env = {"OTEL_EXPORTER_OTLP_LOGS_ENDPOINT": "http://otel:4318/p", "OTEL_EXPORTER_OTLP_HEADERS": "api-key=otel,x=1"}
+    o = resolve_options({"format": "otlp", "endpoint": "http://mine:1", "headers": {"API-KEY": "mine"}}, environ=env)
+    assert (o.endpoint, o.path, dict(o.headers)) == ("http://mine:1", None, {"x": "1", "API-KEY": "mine"})
+    o = resolve_options({"format": "otlp"}, environ={**env, "MPSENDER_ENDPOINT": "http://mpsender-env:2",
+                                                     "MPSENDER_HEADERS": "Api-Key: from-mpsender-env"})
+    assert (o.endpoint, dict(o.headers)) == ("http://mpsender-env:2", {"x": "1", "Api-Key": "from-mpsender-env"})
+    o = resolve_options({"format": "otlp", "path": "/mine"}, environ=env)
+    assert (o.endpoint, o.path) == ("http://otel:4318", "/mine")
+
+
+def test_otel_variables_are_for_the_otlp_formats_only() -> None:
+    """Segment, PostHog and json do not read them: no endpoint is still an error there."""
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318", "OTEL_EXPORTER_OTLP_HEADERS": "a=1"}
+    for fmt in ("segment", "posthog", "json"):
+        with pytest.raises(ConfigurationError, match=r"endpoint is missing.*MPSENDER_ENDPOINT\"?$"):
+            resolve_options({"format": fmt, "write_key": "k"}, environ=env)
+    with pytest.raises(ConfigurationError, match=r"MPSENDER_ENDPOINT \(or OTEL_EXPORTER_OTLP_ENDPOINT\)"):
+        resolve_options({"format": "otlp"}, environ={})
+
+
+@pytest.mark.parametrize(("name", "raw", "why"), [
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "otel:4318", "not an http:// or https:// URL"),
+    ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://otel:4318/v1/logs?tenant=1", "without a query"),
+    ("OTEL_EXPORTER_OTLP_HEADERS", "api-key", "entry 1 is not name=value"),
+    ("OTEL_EXPORTER_OTLP_HEADERS", "ok=1,bad name=2", "entry 2 is not name=value"),
+    ("OTEL_EXPORTER_OTLP_LOGS_HEADERS", "x=a%0Ab", "'x' has a line break"),
+])
+def test_a_bad_otel_variable_is_named_in_a_warning_and_ignored(name: str, raw: str, why: str,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    """As a bad MPSENDER_* value: a warning naming the variable and what is wrong (never a
+    header's value), and the setting as if it were unset: a bad endpoint leaves none (the
+    error says how to give one), bad headers add none."""
+    with caplog.at_level(logging.WARNING, logger="mpsender"):
+        if "ENDPOINT" in name:
+            with pytest.raises(ConfigurationError, match="endpoint is missing"):
+                resolve_options({"format": "otlp"}, environ={name: raw})
+        else:
+            o = resolve_options({"format": "otlp", "endpoint": "http://e:1"}, environ={name: raw})
+            assert dict(o.headers) == {}
+    assert name in caplog.text and why in caplog.text, caplog.text
+    assert "a%0Ab" not in caplog.text and "a\nb" not in caplog.text
