@@ -18,6 +18,9 @@ LogRecords are the batch's events. The LogRecord of an event (docs/destinations.
   wrote it (the same instant unless the caller gave a timestamp);
 * ``severityNumber``/``severityText``: INFO (9), except a ``$error`` event: ERROR (17),
   or what its ``severity`` property says;
+* a ``$error`` event from ``capture_error()`` also carries ``exception.type``,
+  ``exception.message`` and ``exception.stacktrace`` (semantic conventions), from its
+  ``error_type``, ``error_message`` and ``stack`` properties;
 * attributes: the properties (or traits) under their own keys, each context field as
   ``context.<key>``, then ``log.record.uid`` (the message id), ``user.id``,
   ``enduser.pseudo.id`` (the anonymous id), ``mpsender.type`` and, per type,
@@ -80,6 +83,8 @@ TYPE, NAME, CATEGORY, GROUP_ID, PREVIOUS_ID = (
     "mpsender.type", "mpsender.name", "mpsender.category", "mpsender.group_id", "mpsender.previous_id")
 TIMESTAMP = "mpsender.timestamp"  # an event time no timeUnixNano can carry (before 1970, past 2554)
 CONTEXT_PREFIX: Final = "context."
+#: semantic conventions' exception attributes, on a ``$error`` event from capture_error()
+EXCEPTION_TYPE, EXCEPTION_MESSAGE, EXCEPTION_STACKTRACE = "exception.type", "exception.message", "exception.stacktrace"
 
 
 def default_service_name(environ: Mapping[str, str] | None = None, argv: list[str] | None = None) -> str:
@@ -97,6 +102,28 @@ def default_service_name(environ: Mapping[str, str] | None = None, argv: list[st
     if base in ("__main__.py", "__main__"):
         base = os.path.basename(os.path.dirname(program)) or base
     return base[:-3] if base.endswith(".py") else base
+
+
+def exception_attributes(attrs: dict[str, Any]) -> None:
+    """A ``$error`` event's ``exception.type``, ``exception.message`` and
+    ``exception.stacktrace`` (OTel's semantic conventions for exceptions, which log backends
+    group and show errors by), from what ``capture_error()`` puts in its properties, beside
+    them. Properties of those names, or properties of another shape (a ``$error`` tracked by
+    hand), are left as they are."""
+    kind, message, stack = attrs.get("error_type"), attrs.get("error_message"), attrs.get("stack")
+    if not isinstance(kind, str):
+        return
+    attrs.setdefault(EXCEPTION_TYPE, kind)
+    if isinstance(message, str):
+        attrs.setdefault(EXCEPTION_MESSAGE, message)
+    if isinstance(stack, (list, tuple)) and stack:
+        lines = ["Traceback (most recent call last):"]
+        for frame in stack:
+            if isinstance(frame, dict):
+                lines.append(f'  File "{frame.get("filename")}", line {frame.get("lineno")}, '
+                             f'in {frame.get("function")}')
+        lines.append(f"{kind}: {message}" if message else kind)
+        attrs.setdefault(EXCEPTION_STACKTRACE, "\n".join(lines))
 
 
 def any_value(value: Any, depth: int = 0) -> dict[str, Any]:
@@ -200,6 +227,8 @@ class OtlpJsonEncoder:
         if t == "track":
             name = _require(record, "e")
             attrs.update(record.get("p") or {})
+            if name == ERROR_EVENT:
+                exception_attributes(attrs)
         elif t == "identify":
             name = t
             attrs.update(record.get("tr") or {})

@@ -31,6 +31,7 @@ _OWN: Final = frozenset({
     _otlp.UID, _otlp.USER_ID, _otlp.ANONYMOUS_ID, _otlp.EVENT_NAME, _otlp.TYPE, _otlp.NAME,
     _otlp.CATEGORY, _otlp.GROUP_ID, _otlp.PREVIOUS_ID, _otlp.TIMESTAMP,
 })
+_EXCEPTION: Final = (_otlp.EXCEPTION_TYPE, _otlp.EXCEPTION_MESSAGE, _otlp.EXCEPTION_STACKTRACE)
 _FIELDS: Final = ((_otlp.UID, "messageId"), (_otlp.USER_ID, "userId"), (_otlp.ANONYMOUS_ID, "anonymousId"),
                   (_otlp.NAME, "name"), (_otlp.CATEGORY, "category"), (_otlp.GROUP_ID, "groupId"),
                   (_otlp.PREVIOUS_ID, "previousId"))
@@ -93,11 +94,20 @@ def _event(record: dict[str, Any], resource: dict[str, Any], library: dict[str, 
         elif key not in _OWN:
             rest[key] = value
     ev["context"] = context
+    otlp: dict[str, Any] = {"resource": resource}
+    if typ == "track" and name == _otlp.ERROR_EVENT:
+        # the exception.* attributes the encoder derived from capture_error()'s properties
+        # are not properties of the event: they go with the OTLP-only fields
+        plain = {k: v for k, v in rest.items() if k not in _EXCEPTION}
+        derived = dict(plain)
+        _otlp.exception_attributes(derived)
+        for key in _EXCEPTION:
+            if key in rest and key in derived and rest[key] == derived[key]:
+                otlp[key] = rest.pop(key)
     if typ in ("identify", "group"):
         ev["traits"] = rest
     elif typ != "alias":
         ev["properties"] = rest
-    otlp: dict[str, Any] = {"resource": resource}
     for key in ("severityNumber", "severityText"):
         if record.get(key) is not None:
             otlp[key] = record[key]

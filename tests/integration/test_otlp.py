@@ -148,6 +148,13 @@ def test_every_call_decodes_with_the_official_schema(fmt: str, make_client: Call
     assert (page["mpsender.name"], page["mpsender.category"], page["url"]) == ("Pricing", "Docs", "https://x.test/p")
     assert screen["mpsender.name"] == "Home"
     assert warning["error_type"] == "Slow" and error["error_type"] == "KeyError" and error["stack"]
+    # semconv's exception attributes beside them (a hand-made $error without a message: the type alone)
+    assert (error["exception.type"], error["exception.message"]) == ("KeyError", "'boom'")
+    trace = error["exception.stacktrace"].splitlines()
+    assert trace[0] == "Traceback (most recent call last):" and trace[-1] == "KeyError: 'boom'"
+    assert trace[1] == f'  File "{__file__}", line {error["stack"][0]["lineno"]}, in every_call', trace
+    assert (warning["exception.type"], "exception.message" in warning) == ("Slow", False)
+    assert "stack" not in warning and "exception.stacktrace" not in warning
 
     given = records[:7]
     assert all(r.time_unix_nano == T0_NANOS for r in given)
@@ -174,6 +181,8 @@ def test_the_collector_stores_otlp_events_as_it_stores_segment_ones(
     got = wire_collector.events()
     assert [{k: v for k, v in ev.items() if k != "otlp"} for ev in got[:7]] == expected[:7]
     assert [ev["otlp"]["severityText"] for ev in got] == ["INFO"] * 6 + ["WARN", "ERROR"]
+    # the exception.* attributes derived from capture_error()'s properties are kept apart
+    assert (got[6]["otlp"]["exception.type"], got[7]["otlp"]["exception.type"]) == ("Slow", "KeyError")
     assert got[0]["otlp"]["resource"]["host.name"] == socket.gethostname()
     assert wire_collector.message_ids()[:7] == [mid(n) for n in range(1, 8)]
     assert {r.format for r in wire_collector.requests()} == {fmt}

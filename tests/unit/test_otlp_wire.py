@@ -194,6 +194,31 @@ def test_only_error_events_read_severity() -> None:
     assert (ev["severityNumber"], ev["severityText"]) == (9, "INFO")
 
 
+def test_exception_attributes_from_capture_errors_properties() -> None:
+    """A $error with capture_error()'s properties gets semconv's exception.* beside them; an
+    ordinary event with the same properties, a $error of another shape, and a property the
+    caller named exception.* are left alone."""
+    stack = [{"filename": "/srv/app/views.py", "lineno": 12, "function": "checkout", "in_app": True},
+             {"filename": "/srv/app/pay.py", "lineno": 40, "function": "charge", "in_app": True}]
+    props = {"error_type": "pay.Declined", "error_message": "card declined", "stack": stack}
+    got = attrs(encoder().event(rec(e="$error", p=props)))
+    assert got["exception.type"] == {"stringValue": "pay.Declined"}
+    assert got["exception.message"] == {"stringValue": "card declined"}
+    assert got["exception.stacktrace"] == {"stringValue": (
+        "Traceback (most recent call last):\n"
+        '  File "/srv/app/views.py", line 12, in checkout\n'
+        '  File "/srv/app/pay.py", line 40, in charge\n'
+        "pay.Declined: card declined")}
+    assert got["error_type"] == {"stringValue": "pay.Declined"}  # the properties stay
+    assert not any(k.startswith("exception.") for k in attrs(encoder().event(rec(e="Paid", p=props))))
+    assert not any(k.startswith("exception.") for k in attrs(encoder().event(rec(e="$error", p={"error_type": 3}))))
+    mine = attrs(encoder().event(rec(e="$error", p={**props, "exception.type": "Mine"})))
+    assert mine["exception.type"] == {"stringValue": "Mine"} and "exception.message" in mine
+    bare = attrs(encoder().event(rec(e="$error", p={"error_type": "Timeout"})))
+    assert bare["exception.type"] == {"stringValue": "Timeout"}
+    assert "exception.message" not in bare and "exception.stacktrace" not in bare
+
+
 def test_times_a_fixed64_cannot_hold_and_string_timestamps() -> None:
     """Before 1970 (or past 2554) timeUnixNano is left unset and the time goes in
     mpsender.timestamp; an ISO string of an older spool is parsed, a bad one kept as text."""
