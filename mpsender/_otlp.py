@@ -53,6 +53,7 @@ from ._wire import (
     _merge_headers,
     _require,
     _to_json_bytes,
+    empty_body_bytes,
     format_message_id,
     format_timestamp,
 )
@@ -309,6 +310,13 @@ class OtlpJsonEncoder:
         body = b"".join((self._prefix, b",".join(parts), b"]}]}]}"))
         return WireRequest(self.path, dict(self._headers), body)
 
+    def envelope_bytes(self, batch_bytes: int) -> int:
+        """The resource, the scope and the brackets around the LogRecords."""
+        return empty_body_bytes(self)
+
+    def per_event_bytes(self, largest_event: int) -> int:
+        return 1  # the comma
+
     def loads(self, wire: bytes) -> Any:
         """One event from :meth:`encode` back as JSON-able data (the dead-letter file)."""
         return json.loads(wire)
@@ -356,6 +364,15 @@ class OtlpProtoEncoder(OtlpJsonEncoder):
         scope_logs = b"".join([self._scope_field, *(pb.length_delimited(2, p) for p in parts)])
         resource_logs = self._resource_field + pb.length_delimited(2, scope_logs)
         return WireRequest(self.path, dict(self._headers), pb.length_delimited(1, resource_logs))
+
+    def envelope_bytes(self, batch_bytes: int) -> int:
+        """The resource and scope fields, and the tag and length of the three messages
+        around the LogRecords: with no records each length is one byte, in a full body up
+        to a varint of ``batch_bytes``."""
+        return empty_body_bytes(self) + 3 * (len(pb.varint(batch_bytes)) - 1)
+
+    def per_event_bytes(self, largest_event: int) -> int:
+        return 1 + len(pb.varint(largest_event))  # each LogRecord's tag and length
 
     def loads(self, wire: bytes) -> Any:
         return pb.decode(pb.LOG_RECORD, wire)

@@ -79,6 +79,16 @@ class Encoder(Protocol):
         """
         ...
 
+    def envelope_bytes(self, batch_bytes: int) -> int:
+        """The most bytes a body of at most ``batch_bytes`` holds besides its events and
+        what :meth:`per_event_bytes` counts: what a batch must leave room for."""
+        ...
+
+    def per_event_bytes(self, largest_event: int) -> int:
+        """The most bytes the body spends on each event besides the event's own (a comma,
+        protobuf's tag and length), for events of at most ``largest_event`` bytes."""
+        ...
+
     def loads(self, wire: bytes) -> Any:
         """One event from :meth:`encode` back as JSON-able data (the dead-letter file)."""
         ...
@@ -137,6 +147,13 @@ def format_message_id(m: bytes | str) -> str:
         cached = _mid_cache = (prefix, f"{h[:8]}-{h[8:12]}-{h[12:16]}-")
     t = m[8:].hex()
     return f"{cached[1]}{t[:4]}-{t[4:]}"
+
+
+def empty_body_bytes(encoder: Encoder) -> int:
+    """The length of ``encoder``'s request body with no events: the envelope, but for what
+    grows with the events (protobuf's lengths). Its ``sent_at``, where a format has one,
+    is a timestamp of fixed width."""
+    return len(encoder.request_parts([], sent_at=time.time()).body)
 
 
 _orjson_dumps: Callable[..., bytes] | None
@@ -352,6 +369,12 @@ class SegmentEncoder:
         body = b"".join((b'{"batch":[', b",".join(parts), b'],"sentAt":"',
                          format_timestamp(sent_at).encode("ascii"), b'"}'))
         return WireRequest(self.path, dict(self._headers), body)
+
+    def envelope_bytes(self, batch_bytes: int) -> int:
+        return empty_body_bytes(self)
+
+    def per_event_bytes(self, largest_event: int) -> int:
+        return 1  # the comma
 
     def loads(self, wire: bytes) -> Any:
         """One event from :meth:`encode` back as data (the dead-letter file)."""
@@ -590,6 +613,12 @@ class PostHogEncoder:
         body = b"".join((b'{"api_key":', _to_json_bytes(self._api_key), b',"batch":[', b",".join(parts),
                          b'],"sent_at":"', format_timestamp(sent_at).encode("ascii"), b'"}'))
         return WireRequest(self.path, dict(self._headers), body)
+
+    def envelope_bytes(self, batch_bytes: int) -> int:
+        return empty_body_bytes(self)  # the API key is in it
+
+    def per_event_bytes(self, largest_event: int) -> int:
+        return 1  # the comma
 
     def loads(self, wire: bytes) -> Any:
         """One event from :meth:`encode` back as data (the dead-letter file)."""

@@ -54,8 +54,6 @@ HOUSEKEEPING = 1.0
 _PARTIAL_POLL = 0.05
 #: and never sooner than this, whatever rate it fills at
 _MIN_PARTIAL_WAIT = 0.005
-#: bytes of a request that are not its events (Segment's ``{"batch":[...],"sentAt":...}``)
-_ENVELOPE = 64
 _AUTH_PAUSE = 30.0
 #: zlib level of request bodies. Level 1 deflates a batch of JSON events much faster than
 #: level 6 for a few more bytes (benchmarks/README.md, "The fast extra"): the sender
@@ -139,6 +137,15 @@ class Uploader(threading.Thread):
             service_name=options.service_name,
         )
         self.url = options.endpoint.rstrip("/") + self.encoder.path
+        # OTLP has no per-event limit, and its attributes spell out what msgpack packs tight
+        # (track() has checked max_message_bytes): there an event need only fit a request
+        self._max_event = options.batch_bytes if options.format in OTLP_FORMATS else options.max_message_bytes
+        #: what a batch's events may take of batch_bytes: the rest is the request's envelope
+        #: (Segment's ``{"batch":[...],"sentAt":...}``, PostHog's key, OTLP's resource and
+        #: scope); and what each event takes besides its own bytes (a comma, a protobuf tag
+        #: and length)
+        self._budget = options.batch_bytes - self.encoder.envelope_bytes(options.batch_bytes)
+        self._per_event = self.encoder.per_event_bytes(self._max_event)
         self._url = httpx.URL(self.url)  # parsed once: httpx would parse the string per request
         self._headers: tuple[dict[str, str], httpx.Headers] | None = None
         setup = build_client(options, transport=transport)
@@ -316,7 +323,7 @@ class Uploader(threading.Thread):
         count, size = self._pending_count, self._pending_bytes
         if elapsed < _PARTIAL_POLL or not count:
             return max(0.0, min(_PARTIAL_POLL, left))  # no rate to go by yet
-        to_full = elapsed * min((opts.batch_size - count) / count, (opts.batch_bytes - _ENVELOPE - size) / size)
+        to_full = elapsed * min((opts.batch_size - count) / count, (self._budget - size) / size)
         return max(0.0, min(left, max(_MIN_PARTIAL_WAIT, to_full)))
 
     def _sleep(self, timeout: float) -> None:
@@ -337,9 +344,8 @@ class Uploader(threading.Thread):
         for the commit). The hot loop of the sender: one pass, nothing per event that a
         batch-wide value can do."""
         opts = self.options
-        # OTLP has no per-event limit, and its attributes spell out what msgpack packs tight
-        # (track() has checked max_message_bytes): there an event need only fit a request
-        max_bytes = opts.batch_bytes if opts.format in OTLP_FORMATS else opts.max_message_bytes
+        max_bytes = self._max_event
+        per_event = self._per_event
         now = time.time()
         too_old = now - opts.max_event_age if opts.max_event_age is not None else None
         encode = self.encoder.encode
@@ -380,7 +386,7 @@ class Uploader(threading.Thread):
                 continue
             e.payload = b""  # decoded: free the packed bytes
             queued += 1
-            queued_bytes += len(wire) + 1
+            queued_bytes += len(wire) + per_event
         self.counters.received += received
         self._pending.extend(entries)
         self._pending_count += queued
@@ -389,7 +395,8 @@ class Uploader(threading.Thread):
     def _cut(self, *, force: bool) -> list[Entry]:
         """Take a batch off the front of the pending records, keeping their order."""
         opts = self.options
-        budget = opts.batch_bytes - _ENVELOPE
+        budget = self._budget
+        per_event = self._per_event
         pending = self._pending
         if (not force and 0 < self._pending_count < opts.batch_size
                 and self._pending_bytes <= budget):
@@ -401,11 +408,11 @@ class Uploader(threading.Thread):
             e = pending[0]
             if e.payload is not None:
                 # (the first event always goes: one that fills a batch alone still leaves)
-                if count and (count >= opts.batch_size or size + len(e.wire) + 1 > budget):
+                if count and (count >= opts.batch_size or size + len(e.wire) + per_event > budget):
                     full = True
                     break
                 count += 1
-                size += len(e.wire) + 1
+                size += len(e.wire) + per_event
             batch.append(pending.popleft())
         if full or count >= opts.batch_size or force or (batch and count == 0):
             self._pending_count -= count

@@ -4,6 +4,7 @@ batch every 50 ms; it waits for its age or for the time it should be full)."""
 
 from __future__ import annotations
 
+import gzip
 import time
 
 import pytest
@@ -85,3 +86,24 @@ def test_an_event_that_fills_a_batch_alone_still_leaves(client_factory, collecto
     stats = client.stats(timeout=5)
     assert stats.sender is not None
     assert collector.count() + stats.sender.dropped.get("oversize", 0) == tracked
+
+
+@pytest.mark.parametrize("fmt", ["segment", "posthog", "json", "otlp", "otlp-proto"])
+def test_no_request_is_larger_than_batch_bytes_in_any_format(fmt: str, make_client, tmp_path) -> None:
+    """batch_bytes bounds the whole request body before gzip, its envelope included: a
+    PostHog key, OTLP's resource and scope, protobuf's framing of every LogRecord. And the
+    requests are full: each but the last holds as much as the limit left room for."""
+    limit = 12_000
+    with Collector(tmp_path / "sizes.db", keep_bodies=True) as collector:
+        client = make_client(collector.url, format=fmt, write_key="phc_" + "k" * 60, batch_bytes=limit, max_message_bytes=4_000,
+                             flush_interval=5.0, service_name="a-service-name-of-some-length",
+                             context={"host": "h" * 120})
+        n = 300
+        for i in range(n):
+            client.track("E", user_id="u", properties={"i": i, "pad": "x" * (20 + (i * 37) % 400)})
+        assert client.flush(timeout=30)
+        assert collector.wait_for(lambda c: c.count() >= n, timeout=10), collector.count()
+        sizes = [len(gzip.decompress(r.body)) for r in collector.requests() if r.body is not None]
+    assert len(sizes) >= 8 and max(sizes) <= limit, sizes
+    # nothing held back: a batch left only when the next event would not fit (each is under 1 KB)
+    assert min(sizes[:-1]) > limit - 1_500, sizes

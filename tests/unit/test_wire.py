@@ -602,3 +602,22 @@ def test_message_ids_format_as_uuids_whether_they_share_a_prefix_or_not() -> Non
     a, b = MessageIds(), MessageIds()
     ids = [a.next(), a.next(), b.next(), a.next(), os.urandom(16), b.next(), b.next()]
     assert [format_message_id(m) for m in ids] == [str(uuid.UUID(bytes=m)) for m in ids]
+
+
+@pytest.mark.parametrize("fmt", ["segment", "json", "posthog", "otlp", "otlp-proto"])
+@pytest.mark.parametrize("sizes", [[1], [30] * 5, [127, 128, 129], [16_383, 16_384, 40], [200_000, 90_000, 300]])
+def test_a_request_never_outgrows_its_envelope_and_per_event_bound(fmt: str, sizes: list[int]) -> None:
+    """envelope_bytes + Σ(event + per_event_bytes) bounds the body whatever the events'
+    sizes (protobuf's lengths grow a byte at 128, 16,384, 2,097,152), and is tight for a
+    JSON format: the uploader cuts batches by it, so batch_bytes holds for the whole body."""
+    enc = get_encoder(fmt, write_key="phc_" + "k" * 40, library_name="mpsender", library_version="1.2.3",
+                      service_name="svc")
+    record = {"t": "track", "e": "E", "u": "u", "m": b"\x01" * 16, "ts": 1.0}
+    base = len(enc.encode({**record, "p": {}}))
+    parts = [enc.encode({**record, "p": {"x": "y" * max(0, size - base)}}) for size in sizes]
+    batch_bytes = 500_000
+    bound = enc.envelope_bytes(batch_bytes) + sum(len(p) + enc.per_event_bytes(batch_bytes) for p in parts)
+    body = enc.request_parts(parts, sent_at=time.time()).body
+    assert len(body) <= bound
+    if fmt not in ("otlp-proto",):
+        assert len(body) == bound - 1  # the first event has no comma before it
