@@ -131,6 +131,9 @@ class Options:
     #: the OTLP formats' resource ``service.name`` (None: OTEL_SERVICE_NAME, else the
     #: program's name; resolved in the application process, where that name is known)
     service_name: str | None = None
+    #: the OTLP formats' other resource attributes (None: OTEL_RESOURCE_ATTRIBUTES; resolved
+    #: in the application process, like service_name)
+    resource_attributes: Mapping[str, Any] | None = None
     #: app: init() hooks sys.excepthook and threading.excepthook: an uncaught exception
     #: sends a $error event and ends the open sessions (docs/events.md)
     capture_uncaught: bool = False
@@ -248,11 +251,28 @@ class Options:
         name = self.service_name
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise ConfigurationError(f"service_name must be a non-empty str or None, got {name!r}")
-        if name is None and self.format in OTLP_FORMATS:
+        attributes = self.resource_attributes
+        if attributes is not None:
+            if not isinstance(attributes, Mapping):
+                raise ConfigurationError(f"resource_attributes must be a mapping or None, got {attributes!r}")
+            for key, value in attributes.items():
+                if not isinstance(key, str) or not key:
+                    raise ConfigurationError(f"resource_attributes keys must be non-empty str, got {key!r}")
+                if value.__class__ not in (str, bool, int, float):
+                    raise ConfigurationError(
+                        f"resource_attributes[{key!r}] must be a str, bool, int or float, got {value!r}")
+        if self.format not in OTLP_FORMATS:
+            return
+        # here, in the application: the sender's own environment and program name say nothing
+        if attributes is None:
+            attributes = otel_resource_attributes(os.environ)
+        object.__setattr__(self, "resource_attributes", dict(attributes))
+        if name is None:
             from ._otlp import default_service_name  # only the OTLP formats need it
 
-            # here, in the application: the sender's own program name says nothing
-            object.__setattr__(self, "service_name", default_service_name())
+            given = attributes.get("service.name")
+            object.__setattr__(self, "service_name", default_service_name(
+                fallback=given if isinstance(given, str) and given.strip() else None))
 
     def to_wire(self) -> dict[str, Any]:
         """The options a sender needs, as plain data (no callables)."""
@@ -261,6 +281,8 @@ class Options:
         out["headers"] = dict(self.headers)
         out["properties"] = dict(self.properties)
         out["context"] = dict(self.context)
+        if self.resource_attributes is not None:
+            out["resource_attributes"] = dict(self.resource_attributes)
         return out
 
     def redacted_endpoint(self) -> str:
@@ -361,6 +383,7 @@ _ENV_PARSERS: dict[str, Callable[[str], Any]] = {
     "log_level": str,
     "metrics_file": _parse_optional_str,
     "service_name": _parse_optional_str,
+    "resource_attributes": lambda raw: _parse_pairs(raw, header_names=False),
     "capture_uncaught": _parse_bool,
     "wire_records": _parse_bool,
 }
@@ -483,6 +506,11 @@ def parse_otel_headers(raw: str) -> dict[str, str]:
     """``OTEL_EXPORTER_OTLP_HEADERS``' form: ``name=value,name2=value2``, each side
     percent-decoded and stripped. ``ValueError`` names the first entry that is not one
     (without its value: headers carry keys)."""
+    return _parse_pairs(raw, header_names=True)
+
+
+def _parse_pairs(raw: str, *, header_names: bool) -> dict[str, str]:
+    """OTel's ``key=value,key2=value2`` (W3C Baggage's form, percent-encoded)."""
     out: dict[str, str] = {}
     for i, part in enumerate(raw.split(","), 1):
         if not part.strip():
@@ -490,13 +518,26 @@ def parse_otel_headers(raw: str) -> dict[str, str]:
         name, sep, value = part.partition("=")
         name = urllib.parse.unquote(name).strip()
         value = urllib.parse.unquote(value).strip()
-        if not sep or not _TOKEN.fullmatch(name):
-            raise ValueError(f"entry {i} is not name=value with a header name "
+        if not sep or not (_TOKEN.fullmatch(name) if header_names else name):
+            raise ValueError(f"entry {i} is not name=value{' with a header name' if header_names else ''} "
                              "(the form is 'name=value,name2=value2')")
-        if any(c in value for c in "\r\n\0"):
+        if header_names and any(c in value for c in "\r\n\0"):
             raise ValueError(f"the value of {name!r} has a line break or NUL in it")
         out[name] = value
     return out
+
+
+def otel_resource_attributes(environ: Mapping[str, str]) -> dict[str, str]:
+    """``OTEL_RESOURCE_ATTRIBUTES`` (``key=value,key2=value2``, percent-encoded), or {}
+    when it is unset or cannot be read (logged, by name, as a bad MPSENDER_* value is)."""
+    raw = environ.get("OTEL_RESOURCE_ATTRIBUTES", "").strip()
+    if not raw:
+        return {}
+    try:
+        return _parse_pairs(raw, header_names=False)
+    except ValueError as exc:
+        logger.warning("ignoring OTEL_RESOURCE_ATTRIBUTES: %s", exc)
+        return {}
 
 
 #: an HTTP header name (RFC 9110's token)

@@ -88,13 +88,18 @@ CONTEXT_PREFIX: Final = "context."
 EXCEPTION_TYPE, EXCEPTION_MESSAGE, EXCEPTION_STACKTRACE = "exception.type", "exception.message", "exception.stacktrace"
 
 
-def default_service_name(environ: Mapping[str, str] | None = None, argv: list[str] | None = None) -> str:
-    """``OTEL_SERVICE_NAME``, else the program's name (``gunicorn``, ``celery``, ``app``
-    for ``app.py`` or ``python -m app``), else ``unknown_service`` (as OTel's SDKs say it)."""
+def default_service_name(environ: Mapping[str, str] | None = None, argv: list[str] | None = None,
+                         fallback: str | None = None) -> str:
+    """``OTEL_SERVICE_NAME``, else ``fallback`` (the resource attributes' ``service.name``,
+    which OTEL_SERVICE_NAME overrides in OTel's SDKs too), else the program's name
+    (``gunicorn``, ``celery``, ``app`` for ``app.py`` or ``python -m app``), else
+    ``unknown_service`` (as OTel's SDKs say it)."""
     env = os.environ if environ is None else environ
     given = env.get("OTEL_SERVICE_NAME", "").strip()
     if given:
         return given
+    if fallback:
+        return fallback
     args = sys.argv if argv is None else argv
     program = args[0] if args else ""
     if program in ("", "-c", "-"):
@@ -197,6 +202,7 @@ class OtlpJsonEncoder:
         path: str | None = None,
         headers: Mapping[str, str] | None = None,
         service_name: str | None = None,
+        resource_attributes: Mapping[str, Any] | None = None,
         host_name: str | None = None,
     ) -> None:
         self.path = _check_path(self.default_path if path is None else path)
@@ -204,8 +210,12 @@ class OtlpJsonEncoder:
         if write_key:
             auth["Authorization"] = f"Bearer {write_key}"
         self._headers = _merge_headers(auth, headers)
-        resource = {"service.name": service_name or default_service_name(),
-                    "host.name": host_name if host_name is not None else socket.gethostname()}
+        # the given attributes win over the detected host name; service_name is the service's
+        resource: dict[str, Any] = {
+            "service.name": service_name or default_service_name(),
+            "host.name": host_name if host_name is not None else socket.gethostname(),
+            **{k: v for k, v in (resource_attributes or {}).items() if k != "service.name"},
+        }
         self._resource = {"attributes": [{"key": k, "value": any_value(v)} for k, v in resource.items()]}
         self._scope = {"name": library_name, "version": library_version}
         self._prefix = b"".join((b'{"resourceLogs":[{"resource":', _to_json_bytes(self._resource),

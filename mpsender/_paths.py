@@ -56,6 +56,8 @@ def destination_id(options: Options) -> str:
         # one sender speaks for one service (its resource); appended only here, so that
         # the ids of the other formats' destinations, and their spools, stay as they were
         parts.append(options.service_name or "")
+        if options.resource_attributes:  # (only when there are any: the ids of before stay)
+            parts.append(repr(sorted(options.resource_attributes.items())))
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:16]
 
 

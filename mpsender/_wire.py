@@ -646,6 +646,7 @@ def get_encoder(
     path: str | None = None,
     headers: Mapping[str, str] | None = None,
     service_name: str | None = None,
+    resource_attributes: Mapping[str, Any] | None = None,
 ) -> Encoder:
     """The encoder for wire format ``fmt`` (one of :data:`FORMATS`).
 
@@ -653,7 +654,8 @@ def get_encoder(
     or ``?``). ``headers`` are added to every request and override the
     encoder's own (auth, ``Content-Type``) of the same name, compared
     case-insensitively. ``service_name``: the OTLP formats' ``service.name`` (None: the
-    default of ``_otlp.default_service_name``); the others have no use for it. Raises
+    default of ``_otlp.default_service_name``) and ``resource_attributes`` its other resource
+    attributes; the others have no use for them. Raises
     ``ValueError`` for an unknown format or a bad path.
     """
     if fmt in _OTLP_FORMATS:
@@ -661,7 +663,8 @@ def get_encoder(
 
         otlp = OtlpProtoEncoder if fmt == "otlp-proto" else OtlpJsonEncoder
         return otlp(write_key=write_key, library_name=library_name, library_version=library_version,
-                    path=path, headers=headers, service_name=service_name)
+                    path=path, headers=headers, service_name=service_name,
+                    resource_attributes=resource_attributes)
     cls = _ENCODERS.get(fmt)
     if cls is None:
         raise ValueError(f"unknown wire format {fmt!r}; valid formats: {', '.join(sorted(FORMATS))}")

@@ -134,7 +134,7 @@ class Uploader(threading.Thread):
         self.encoder = get_encoder(
             options.format, write_key=options.write_key, library_name="mpsender",
             library_version=__version__, path=options.path, headers=options.headers,
-            service_name=options.service_name,
+            service_name=options.service_name, resource_attributes=options.resource_attributes,
         )
         self.url = options.endpoint.rstrip("/") + self.encoder.path
         # OTLP has no per-event limit, and its attributes spell out what msgpack packs tight

@@ -217,6 +217,23 @@ def test_an_otel_deployments_variables_are_enough(fmt: str, make_client: Callabl
     assert [e["event"] for e in collector.events()] == ["A"]
 
 
+@pytest.mark.parametrize("fmt", OTLP_FORMATS)
+def test_otel_resource_attributes_reach_the_resource(fmt: str, make_client: Callable[..., mpsender.Client],
+                                                    wire_collector: Collector,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """OTEL_RESOURCE_ATTRIBUTES, read in the application, is the resource the sender posts
+    (parsed strictly by opentelemetry-proto), its service.name the service's name."""
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "service.name=checkout,deployment.environment=staging,"
+                                                   "k8s.pod.name=checkout-5d%2C2")
+    client = make_client(wire_collector.url, format=fmt, write_key=KEY)
+    client.track("A", user_id="u")
+    assert client.flush(timeout=15)
+    [resource_logs] = decoded(wire_collector, fmt).resource_logs
+    assert {kv.key: python(kv.value) for kv in resource_logs.resource.attributes} == {
+        "service.name": "checkout", "host.name": socket.gethostname(), "deployment.environment": "staging",
+        "k8s.pod.name": "checkout-5d,2"}
+
+
 def test_a_400_drops_and_counts_a_429_retries(make_client: Callable[..., mpsender.Client],
                                               collector: Collector) -> None:
     """An OTLP endpoint's 429 with Retry-After is retried until taken; a 400 is refused for good:

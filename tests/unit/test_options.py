@@ -279,3 +279,48 @@ def test_a_bad_otel_variable_is_named_in_a_warning_and_ignored(name: str, raw: s
             assert dict(o.headers) == {}
     assert name in caplog.text and why in caplog.text, caplog.text
     assert "a%0Ab" not in caplog.text and "a\nb" not in caplog.text
+
+
+def test_otlp_resource_attributes_come_from_otel_resource_attributes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resolved in the application for the OTLP formats: OTEL_RESOURCE_ATTRIBUTES (percent-
+    decoded), whose service.name names the service unless OTEL_SERVICE_NAME or service_name
+    does; given resource_attributes replace the variable's; the other formats keep None."""
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES",
+                       "deployment.environment=prod,k8s.pod.name=shop-7f9%2C1 , service.name=from-attrs")
+    o = resolve_options({"format": "otlp", "endpoint": "http://e:1"}, environ={})
+    assert dict(o.resource_attributes or {}) == {
+        "deployment.environment": "prod", "k8s.pod.name": "shop-7f9,1", "service.name": "from-attrs"}
+    assert o.service_name == "from-attrs"
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-otel-service-name")
+    assert resolve_options({"format": "otlp", "endpoint": "http://e:1"}, environ={}).service_name == \
+        "from-otel-service-name"
+    given = resolve_options({"format": "otlp-proto", "endpoint": "http://e:1", "service_name": "mine",
+                             "resource_attributes": {"team": "payments", "shard": 3}}, environ={})
+    assert (given.service_name, dict(given.resource_attributes or {})) == ("mine", {"team": "payments", "shard": 3})
+    assert resolve_options(BASE, environ={}).resource_attributes is None  # segment: nothing read
+
+
+def test_resource_attributes_from_mpsender_env_and_bad_values(monkeypatch: pytest.MonkeyPatch,
+                                                              caplog: pytest.LogCaptureFixture) -> None:
+    """MPSENDER_RESOURCE_ATTRIBUTES takes OTel's form; a bad OTEL_RESOURCE_ATTRIBUTES is named
+    in a warning and ignored; a bad explicit value is a ConfigurationError naming the key."""
+    o = resolve_options({"format": "otlp", "endpoint": "http://e:1"},
+                        environ={"MPSENDER_RESOURCE_ATTRIBUTES": "region=eu-west-1"})
+    assert dict(o.resource_attributes or {}) == {"region": "eu-west-1"}
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "a=1,just-a-key")
+    with caplog.at_level(logging.WARNING, logger="mpsender"):
+        o = resolve_options({"format": "otlp", "endpoint": "http://e:1"}, environ={})
+    assert dict(o.resource_attributes or {}) == {}
+    assert "OTEL_RESOURCE_ATTRIBUTES" in caplog.text and "entry 2 is not name=value" in caplog.text
+    with pytest.raises(ConfigurationError, match=r"resource_attributes\['bad'\] must be a str, bool, int or float"):
+        resolve_options({"format": "otlp", "endpoint": "http://e:1", "resource_attributes": {"bad": [1]}}, environ={})
+
+
+def test_resource_attributes_are_part_of_an_otlp_destination() -> None:
+    """Two services with different resources get two senders; none given keeps the id of before."""
+    base = {"format": "otlp", "endpoint": "http://e:1", "service_name": "s"}
+    plain = Options(**base, resource_attributes={})
+    assert destination_id(plain) == destination_id(Options(**base, resource_attributes={}))
+    assert destination_id(Options(**base, resource_attributes={"region": "eu"})) != destination_id(plain)
+    assert destination_id(Options(**base, resource_attributes={"region": "eu"})) != \
+        destination_id(Options(**base, resource_attributes={"region": "us"}))
