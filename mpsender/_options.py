@@ -495,10 +495,10 @@ def _otel_exporter_env(merged: dict[str, Any], environ: Mapping[str, str]) -> No
         except ValueError as exc:
             logger.warning("ignoring %s: %s", name, exc)
             continue
+        from ._wire import _merge_headers  # it imports this module
+
         given = merged.get("headers")
-        given = dict(given) if isinstance(given, Mapping) else {}
-        mine = {k.lower() for k in given}
-        merged["headers"] = {**{k: v for k, v in found.items() if k.lower() not in mine}, **given}
+        merged["headers"] = _merge_headers(found, given if isinstance(given, Mapping) else None)
         break
 
 

@@ -98,8 +98,7 @@ def _event(record: dict[str, Any], resource: dict[str, Any], library: dict[str, 
     if typ == "track" and name == _otlp.ERROR_EVENT:
         # the exception.* attributes the encoder derived from capture_error()'s properties
         # are not properties of the event: they go with the OTLP-only fields
-        plain = {k: v for k, v in rest.items() if k not in _EXCEPTION}
-        derived = dict(plain)
+        derived = {k: v for k, v in rest.items() if k not in _EXCEPTION}
         _otlp.exception_attributes(derived)
         for key in _EXCEPTION:
             if key in rest and key in derived and rest[key] == derived[key]:
